@@ -9,13 +9,58 @@
 namespace iopf {
 
 // A slot is a seqlock: `stamp` is 2*seq+1 while seq is being written and 2*seq+2 once it is
-// complete. The payload is held in relaxed atomic words so that a reader racing a writer is a
-// detected retry, not undefined behaviour (and TSan-clean).
-struct EventBus::Slot {
-  static constexpr size_t kWords = sizeof(Event) / sizeof(uint64_t);
+// complete. The payload is packed into 7 relaxed atomic words (the sequence number is the stamp),
+// so a slot is exactly one cache line, and a reader racing a writer is a detected retry, not
+// undefined behaviour (TSan-clean). Packing keeps 16 bits of grpid (PRGI: 9, SMMU STAG: 16).
+struct alignas(64) EventBus::Slot {
+  static constexpr size_t kWords = 7;
   std::atomic<uint64_t> stamp{0};
   std::array<std::atomic<uint64_t>, kWords> words{};
 };
+static_assert(sizeof(EventBus::Slot) == 64);
+
+namespace {
+
+using Words = std::array<uint64_t, 7>;
+
+Words pack(const Event& e) {
+  const uint64_t small = uint64_t{e.code & 0x3u} | uint64_t{e.verdict & 0x3u} << 2 |
+                         uint64_t{e.origin & 0xfu} << 4;
+  return {static_cast<uint64_t>(e.time_ns),
+          e.group,
+          e.addr,
+          static_cast<uint64_t>(e.value),
+          uint64_t{e.device} | uint64_t{e.domain} << 32,
+          uint64_t{e.pasid} | uint64_t{e.cookie} << 32,
+          uint64_t{e.grpid & 0xffffu} | uint64_t{e.handler} << 16 |
+              uint64_t{static_cast<uint8_t>(e.type)} << 32 | uint64_t{e.flags} << 40 |
+              uint64_t{e.perm} << 48 | small << 56};
+}
+
+Event unpack(uint64_t seq, const Words& w) {
+  Event e;
+  e.seq = seq;
+  e.time_ns = static_cast<int64_t>(w[0]);
+  e.group = w[1];
+  e.addr = w[2];
+  e.value = static_cast<int64_t>(w[3]);
+  e.device = static_cast<uint32_t>(w[4]);
+  e.domain = static_cast<uint32_t>(w[4] >> 32);
+  e.pasid = static_cast<uint32_t>(w[5]);
+  e.cookie = static_cast<uint32_t>(w[5] >> 32);
+  e.grpid = static_cast<uint32_t>(w[6] & 0xffff);
+  e.handler = static_cast<uint16_t>(w[6] >> 16);
+  e.type = static_cast<EventType>((w[6] >> 32) & 0xff);
+  e.flags = static_cast<uint8_t>(w[6] >> 40);
+  e.perm = static_cast<uint8_t>(w[6] >> 48);
+  const auto small = static_cast<uint8_t>(w[6] >> 56);
+  e.code = small & 0x3;
+  e.verdict = (small >> 2) & 0x3;
+  e.origin = (small >> 4) & 0xf;
+  return e;
+}
+
+}  // namespace
 
 EventBus::EventBus(size_t capacity)
     : mask_(std::bit_ceil(std::max<size_t>(capacity, 64)) - 1),
@@ -42,10 +87,7 @@ void EventBus::write(uint64_t seq, const Event& event) {
     }
   }
   std::atomic_thread_fence(std::memory_order_release);
-  Event stamped = event;
-  stamped.seq = seq;
-  std::array<uint64_t, Slot::kWords> raw;
-  std::memcpy(raw.data(), static_cast<const void*>(&stamped), sizeof(Event));
+  const Words raw = pack(event);
   for (size_t i = 0; i < Slot::kWords; ++i) slot.words[i].store(raw[i], std::memory_order_relaxed);
   slot.stamp.store(writing + 1, std::memory_order_release);
 }
@@ -81,12 +123,12 @@ size_t EventBus::read(uint64_t& cursor, std::span<Event> out) const {
     const uint64_t want = 2 * cursor + 2;
     const uint64_t s1 = slot.stamp.load(std::memory_order_acquire);
     if (s1 < want) break;  // still being written
-    std::array<uint64_t, Slot::kWords> raw;
+    Words raw;
     if (s1 == want) {
       for (size_t i = 0; i < Slot::kWords; ++i) raw[i] = slot.words[i].load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
       if (slot.stamp.load(std::memory_order_relaxed) == want) {
-        std::memcpy(static_cast<void*>(&out[n++]), raw.data(), sizeof(Event));
+        out[n++] = unpack(cursor, raw);
         ++cursor;
         continue;
       }

@@ -226,10 +226,8 @@ void Router::Impl::completeGroup(DeviceState& d, std::span<const PageRequest> re
                                  EventBatch& events, ShardLocker& locker) {
   const PageRequest& last = reqs.back();
   const auto n = static_cast<uint64_t>(reqs.size());
-  bump(d.groups);
-  bump(groups);
-  if (last.grpid < detail::kTrackedGrpids &&
-      d.open_per_grpid[last.grpid].load(std::memory_order_relaxed) > 0) {
+  d.groups.store(d.groups.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (last.grpid < detail::kTrackedGrpids && d.grpidOpen(last.grpid)) {
     // A PRGI reused while its previous group is still open: the device broke the protocol. The new
     // group is still routed and answered; the error is counted and traced.
     bump(d.protocol_errors);
@@ -252,11 +250,11 @@ void Router::Impl::completeGroup(DeviceState& d, std::span<const PageRequest> re
       dom = nullptr;
       immediate = Origin::kNoDomain;
     } else if (d.spec.pri_allocation != 0 &&
-               d.outstanding_requests.load(std::memory_order_relaxed) + n > d.spec.pri_allocation) {
+               d.outstandingRequests() + n > d.spec.pri_allocation) {
       bump(d.overload);
       immediate = Origin::kOverload;
     } else if (dom->spec.max_open_groups != 0 &&
-               dom->open_groups.load(std::memory_order_relaxed) >= dom->spec.max_open_groups) {
+               dom->openGroups() >= dom->spec.max_open_groups) {
       bump(d.overload);
       immediate = Origin::kOverload;
     }
@@ -281,13 +279,15 @@ void Router::Impl::completeGroup(DeviceState& d, std::span<const PageRequest> re
   g.trace.clear();
   g.state.store(static_cast<uint8_t>(GroupState::kQueued), std::memory_order_relaxed);
   g.counted = !immediate.has_value();
-  if (dom != nullptr) bump(dom->groups);
   if (!immediate) {
-    d.outstanding_requests.fetch_add(n, std::memory_order_relaxed);
+    // Single writer (the device's feeding thread): load + store, no locked instruction.
+    d.issued_requests.store(d.issued_requests.load(std::memory_order_relaxed) + n,
+                            std::memory_order_relaxed);
     if (last.grpid < detail::kTrackedGrpids) {
-      d.open_per_grpid[last.grpid].fetch_add(1, std::memory_order_relaxed);
+      auto& opened = d.opened_per_grpid[last.grpid];
+      opened.store(opened.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
-    dom->open_groups.fetch_add(1, std::memory_order_relaxed);
+    dom->opened.fetch_add(1, std::memory_order_relaxed);
     g.tag.store(detail::openTag(id), std::memory_order_release);
     s.enqueueLocked(slot, id);
   } else {
@@ -743,7 +743,6 @@ uint64_t Router::openGroups() const {
 StatsSnapshot Router::stats() const {
   StatsSnapshot out;
   out.requests = impl_->requests.load();
-  out.groups = impl_->groups.load();
   out.refused_completions = impl_->refused_completions.load();
   out.dropped_requests = impl_->dropped_requests.load();
   for (auto& s : impl_->shards) {
@@ -765,11 +764,12 @@ StatsSnapshot Router::stats() const {
     ds.partial_discarded = d.partial_discarded.load();
     ds.protocol_errors = d.protocol_errors.load();
     ds.overload = d.overload.load();
-    ds.outstanding_requests = d.outstanding_requests.load();
+    ds.outstanding_requests = d.outstandingRequests();
     for (size_t c = 0; c < 3; ++c) ds.responses_by_code[c] = d.responses_by_code[c].load();
     out.stop_markers += ds.stop_markers;
     out.partial_discarded += ds.partial_discarded;
     out.protocol_errors += ds.protocol_errors;
+    out.groups += ds.groups;
     out.devices.push_back(std::move(ds));
   }
   for (size_t i = 1; i < impl_->domain_storage.size(); ++i) {
@@ -777,9 +777,12 @@ StatsSnapshot Router::stats() const {
     DomainStats ds;
     ds.domain = d.id;
     ds.name = d.spec.name;
-    ds.groups = d.groups.load();
-    ds.open_groups = d.open_groups.load();
-    for (size_t c = 0; c < 3; ++c) ds.responses_by_code[c] = d.responses_by_code[c].load();
+    ds.open_groups = d.openGroups();
+    ds.groups = ds.open_groups;
+    for (size_t c = 0; c < 3; ++c) {
+      ds.responses_by_code[c] = d.responses_by_code[c].load();
+      ds.groups += ds.responses_by_code[c];
+    }
     for (int o = 0; o < kOriginCount; ++o) ds.responses_by_origin[o] = d.responses_by_origin[o].load();
     ds.latency = d.latency.snapshot();
     out.domains.push_back(std::move(ds));
@@ -816,7 +819,7 @@ std::vector<DeviceInfo> Router::devices() const {
     if (const BackendSlot* b = impl_->backend(d.backend)) info.backend_name = b->name;
     info.spec = d.spec;
     info.removed = d.removed.load();
-    info.outstanding_requests = d.outstanding_requests.load();
+    info.outstanding_requests = d.outstandingRequests();
     out.push_back(std::move(info));
   }
   return out;
@@ -831,7 +834,7 @@ std::vector<DomainInfo> Router::domains() const {
     info.id = d.id;
     info.spec = d.spec;
     info.shard = d.shard;
-    info.open_groups = d.open_groups.load();
+    info.open_groups = d.openGroups();
     info.removed = d.removed.load();
     {
       std::lock_guard slk(impl_->shards[d.shard]->mutex());

@@ -50,8 +50,20 @@ struct DeviceState {
   absl::flat_hash_map<uint32_t, Attachment> pasid_attach;
   // Owned by the thread that feeds the device (RouterSink contract).
   Assembler assembler;
-  std::atomic<uint64_t> outstanding_requests{0};
-  std::array<std::atomic<uint16_t>, kTrackedGrpids> open_per_grpid{};
+  // Bounds. Each side writes only its own counter (no cache line written by both the feeding
+  // thread and the shards): outstanding = issued - released, open(grpid) = opened - closed.
+  std::atomic<uint64_t> issued_requests{0};                          // feeding thread
+  std::array<std::atomic<uint32_t>, kTrackedGrpids> opened_per_grpid{};  // feeding thread
+  alignas(64) std::atomic<uint64_t> released_requests{0};            // shards
+  std::array<std::atomic<uint32_t>, kTrackedGrpids> closed_per_grpid{};  // shards
+  uint64_t outstandingRequests() const {
+    return issued_requests.load(std::memory_order_relaxed) -
+           released_requests.load(std::memory_order_relaxed);
+  }
+  bool grpidOpen(uint32_t grpid) const {
+    return opened_per_grpid[grpid].load(std::memory_order_relaxed) !=
+           closed_per_grpid[grpid].load(std::memory_order_relaxed);
+  }
   // Counters (relaxed).
   std::atomic<uint64_t> requests{0}, groups{0}, stop_markers{0}, partial_discarded{0},
       protocol_errors{0}, overload{0};
@@ -75,8 +87,12 @@ struct DomainState {
   // The shard thread's copy.
   std::shared_ptr<const Chain> active_chain;
   uint64_t active_version = 0;
-  std::atomic<uint64_t> open_groups{0};
-  std::atomic<uint64_t> groups{0};
+  // open = opened (feeding threads) - closed (the owning shard).
+  std::atomic<uint64_t> opened{0};
+  alignas(64) std::atomic<uint64_t> closed{0};
+  uint64_t openGroups() const {
+    return opened.load(std::memory_order_relaxed) - closed.load(std::memory_order_relaxed);
+  }
   // Written only by the owning shard thread.
   std::array<std::atomic<uint64_t>, 3> responses_by_code{};
   std::array<std::atomic<uint64_t>, kOriginCount> responses_by_origin{};
@@ -321,7 +337,6 @@ class Router::Impl {
   std::atomic<uint64_t> dropped_requests{0};
   std::atomic<uint64_t> refused_completions{0};
   std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> groups{0};
 
  private:
   struct Route {

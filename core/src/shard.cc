@@ -132,12 +132,14 @@ void Shard::emitResponse(uint32_t slot, GroupId id, ResponseCode code, Origin or
 
   // Release bounds before the backend sees the response: a closed-loop device re-issues at once.
   if (g.counted) {
-    dev->outstanding_requests.fetch_sub(g.requests.size(), std::memory_order_relaxed);
+    // A device may have domains on several shards: these are shared between shards.
+    dev->released_requests.fetch_add(g.requests.size(), std::memory_order_relaxed);
     if (last.grpid < kTrackedGrpids) {
-      dev->open_per_grpid[last.grpid].fetch_sub(1, std::memory_order_relaxed);
+      dev->closed_per_grpid[last.grpid].fetch_add(1, std::memory_order_relaxed);
     }
     if (DomainState* dom = router_.domain(g.domain)) {
-      dom->open_groups.fetch_sub(1, std::memory_order_relaxed);
+      // Only the domain's own shard writes `closed`.
+      dom->closed.store(dom->closed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
   }
   const auto c = static_cast<size_t>(code);

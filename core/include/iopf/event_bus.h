@@ -57,7 +57,7 @@ struct Event {
   DeviceId device = 0;
   DomainId domain = 0;
   uint32_t pasid = 0;      // valid if flags & kPasidValid
-  uint32_t grpid = 0;
+  uint32_t grpid = 0;      // the bus keeps 16 bits (PRGI: 9, SMMU STAG: 16)
   uint32_t cookie = 0;     // valid if flags & kCookieValid
   EventType type = EventType::kGap;
   uint8_t flags = 0;
@@ -98,8 +98,10 @@ class EventBus {
   // Stops early at an event still being written.
   size_t read(uint64_t& cursor, std::span<Event> out) const;
 
+ public:
+  struct Slot;  // one cache line: a seqlock stamp and the packed event
+
  private:
-  struct Slot;
   uint64_t mask_;
   std::unique_ptr<Slot[]> slots_;
   alignas(64) std::atomic<uint64_t> next_{1};

@@ -37,7 +37,7 @@ struct RouterOptions {
   // Groups a shard takes per pass before it flushes responses and looks at deadlines again.
   uint32_t batch_cap = 256;
   // How long an idle shard spins before it sleeps (0: sleep at once).
-  int64_t idle_spin_ns = 20'000;
+  int64_t idle_spin_ns = 50'000;
   int64_t wheel_tick_ns = 1'000'000;
   // Buffered partial requests per device beyond which new partials are refused as a protocol error
   // (0: the device's PRI allocation, or 4096 if it has none).

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds and runs every test of iopf-router on a Debian 12 machine (installs what it needs).
+#
+#   scripts/test.sh            plain build (build/) + ASan/UBSan build (build/asan) + TSan (build/tsan)
+#   scripts/test.sh --plain    only the plain build
+#   scripts/test.sh --asan     only ASan+UBSan
+#   scripts/test.sh --tsan     only TSan (the concurrent tests: ctest label "core")
+#   scripts/test.sh ... -- ARGS   extra arguments for ctest (e.g. -R router)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+modes=()
+ctest_args=()
+while (($#)); do
+  case "$1" in
+    --plain) modes+=(plain) ;;
+    --asan) modes+=(asan) ;;
+    --tsan) modes+=(tsan) ;;
+    --) shift; ctest_args=("$@"); break ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+((${#modes[@]})) || modes=(plain asan tsan)
+
+install_deps
+cd "$IOPF_ROOT"
+failed=()
+for mode in "${modes[@]}"; do
+  start=$(date +%s)
+  case "$mode" in
+    plain)
+      dir=build
+      configure_build "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+      labels=() ;;
+    asan)
+      dir=build/asan
+      configure_build "$dir" -DCMAKE_BUILD_TYPE=Debug -DIOPF_SANITIZE=asan -DIOPF_BUILD_BENCH=OFF
+      export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+      labels=() ;;
+    tsan)
+      dir=build/tsan
+      configure_build "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIOPF_SANITIZE=tsan -DIOPF_BUILD_BENCH=OFF
+      export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+      labels=(-L core) ;;
+  esac
+  log "running the $mode tests"
+  # The model test's operation count: 1,000,000 in the plain build, fewer under the sanitizers.
+  case "$mode" in
+    plain) model_ops=1000000 ;;
+    asan) model_ops=200000 ;;
+    tsan) model_ops=100000 ;;
+  esac
+  if IOPF_MODEL_OPS=$model_ops ctest --test-dir "$dir" --output-on-failure -j "$(nproc)" \
+      "${labels[@]}" "${ctest_args[@]}"; then
+    log "$mode: passed in $(( $(date +%s) - start ))s"
+  else
+    log "$mode: FAILED"
+    failed+=("$mode")
+  fi
+  unset ASAN_OPTIONS UBSAN_OPTIONS TSAN_OPTIONS
+done
+if ((${#failed[@]})); then
+  die "failed: ${failed[*]}"
+fi
+log "all passed: ${modes[*]}"

@@ -1,0 +1,10 @@
+// The modes of iopf-bench. Each lives in its own source file; main.cc lists them.
+#pragma once
+
+#include "bench_common.h"
+
+namespace iopf::bench {
+
+int runCore(const Args& args);
+
+}  // namespace iopf::bench

@@ -1,0 +1,55 @@
+// iopf-bench MODE [options]: end-to-end load generator and benchmark of iopf-router.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "bench_modes.h"
+
+namespace {
+
+struct Mode {
+  const char* name;
+  int (*run)(const iopf::bench::Args&);
+  const char* help;
+};
+
+// One line per mode.
+const Mode kModes[] = {
+    {"core", iopf::bench::runCore,
+     "router in-process, in-memory backend, trivial handler; compares raw_echo, raw_echo_threaded, naive\n"
+     "      [--seconds S] [--warmup S] [--devices N] [--window W] [--batch B] [--group-size G]\n"
+     "      [--shards N] [--only router] [--json]"},
+};
+
+void usage(FILE* out) {
+  std::fprintf(out, "usage: iopf-bench MODE [options]\nmodes:\n");
+  for (const Mode& m : kModes) std::fprintf(out, "  %s  %s\n", m.name, m.help);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const Mode& m : kModes) {
+    if (std::strcmp(argv[1], m.name) != 0) continue;
+    try {
+      iopf::bench::Args args(argc - 2, argv + 2);
+      const int rc = m.run(args);
+      for (const std::string& name : args.unused()) {
+        std::fprintf(stderr, "iopf-bench %s: unknown option --%s\n", m.name, name.c_str());
+        return 2;
+      }
+      return rc;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "iopf-bench %s: %s\n", m.name, e.what());
+      return 2;
+    }
+  }
+  std::fprintf(stderr, "iopf-bench: unknown mode '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
