@@ -1,0 +1,373 @@
+// The gRPC API against a real in-process daemon on a temporary Unix socket.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "daemon.h"
+#include "iopf/in_memory_backend.h"
+#include "iopf/v1/router.grpc.pb.h"
+
+namespace iopf {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/iopf-api-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    socket_ = dir_ + "/run/iopfd.sock";
+  }
+  void TearDown() override {
+    daemon_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void start(const std::string& extra = "", uint64_t event_capacity = 0) {
+    std::string cfg = "listen: [\"unix:" + socket_ + "\"]\n";
+    if (event_capacity) cfg += "event_capacity: " + std::to_string(event_capacity) + "\n";
+    cfg += R"(backends:
+  - name: mem
+    type: memory
+    devices:
+      - {name: nic0, handle: 7, rid: 0x0300, pri_allocation: 20000, pasid_bits: 8}
+      - {name: gpu0, handle: 9, rid: 0x0400, pasid_bits: 8}
+domains:
+  - name: host
+    deadline_ms: 60000
+    chain: [{name: observe}, {name: hold}]
+  - name: fast
+    chain: [{name: success}]
+attachments:
+  - {device: nic0, domain: host}
+  - {device: gpu0, domain: fast}
+)" + extra;
+    const std::string path = dir_ + "/iopfd.yaml";
+    std::ofstream(path) << cfg;
+    daemon_ = std::make_unique<daemon::Daemon>();
+    daemon::DaemonOptions o;
+    o.config_path = path;
+    ASSERT_TRUE(daemon_->start(o).ok());
+    channel_ = grpc::CreateChannel("unix:" + socket_, grpc::experimental::LocalCredentials(UDS));
+    stub_ = v1::Router::NewStub(channel_);
+  }
+
+  // Delivers single-request groups for device `dev` through the daemon's memory backend.
+  void deliver(DeviceId dev, uint32_t count, uint32_t first_grpid = 0, std::optional<uint32_t> pasid = {}) {
+    std::vector<PageRequest> reqs;
+    for (uint32_t i = 0; i < count; ++i) {
+      PageRequest r;
+      r.device = dev;
+      r.grpid = (first_grpid + i) % 512;
+      r.addr = 0x1000ull * (i + 1);
+      r.perm = perm::kRead;
+      r.last = true;
+      r.pasid = pasid;
+      r.cookie = i;
+      reqs.push_back(r);
+    }
+    sink().deliver(reqs);
+  }
+  RouterSink& sink() { return *sink_; }
+
+  std::unique_ptr<grpc::ClientContext> ctx() {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return c;
+  }
+  uint64_t openGroups() {
+    v1::Stats s;
+    EXPECT_TRUE(stub_->GetStats(ctx().get(), {}, &s).ok());
+    return s.open_groups();
+  }
+  void waitOpen(uint64_t n) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (openGroups() < n && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    ASSERT_EQ(openGroups(), n);
+  }
+
+  std::string dir_, socket_;
+  std::unique_ptr<daemon::Daemon> daemon_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Router::Stub> stub_;
+  RouterSink* sink_ = nullptr;
+};
+
+TEST_F(ApiTest, InfoListsAndSocketPermissions) {
+  start();
+  v1::Info info;
+  ASSERT_TRUE(stub_->GetInfo(ctx().get(), {}, &info).ok());
+  EXPECT_EQ(info.api_version(), "iopf.v1");
+  EXPECT_EQ(info.config_generation(), 1u);
+  ASSERT_EQ(info.backends_size(), 1);
+  EXPECT_EQ(info.backends(0), "memory");
+  v1::ListDevicesResponse devs;
+  ASSERT_TRUE(stub_->ListDevices(ctx().get(), {}, &devs).ok());
+  ASSERT_EQ(devs.devices_size(), 2);
+  EXPECT_EQ(devs.devices(0).name(), "nic0");
+  EXPECT_EQ(devs.devices(0).rid(), 0x300u);
+  EXPECT_EQ(devs.devices(0).backend_handle(), 7u);
+  v1::ListDomainsResponse doms;
+  ASSERT_TRUE(stub_->ListDomains(ctx().get(), {}, &doms).ok());
+  ASSERT_EQ(doms.domains_size(), 2);
+  EXPECT_EQ(doms.domains(0).chain_size(), 2);
+  EXPECT_EQ(doms.domains(0).chain(1), "hold");
+  v1::ListAttachmentsResponse atts;
+  ASSERT_TRUE(stub_->ListAttachments(ctx().get(), {}, &atts).ok());
+  ASSERT_EQ(atts.attachments_size(), 2);
+  struct stat st;
+  ASSERT_EQ(::stat(socket_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  ASSERT_EQ(::stat((dir_ + "/run").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0750u);
+}
+
+TEST_F(ApiTest, OutstandingPagingGroupAndRespond) {
+  start();
+  sink_ = daemon_->testSink();
+  ASSERT_NE(sink_, nullptr);
+  deliver(1, 25);
+  waitOpen(25);
+  v1::ListOutstandingRequest req;
+  req.set_page_size(10);
+  std::vector<uint64_t> ids;
+  for (;;) {
+    v1::ListOutstandingResponse page;
+    ASSERT_TRUE(stub_->ListOutstanding(ctx().get(), req, &page).ok());
+    for (const auto& g : page.groups()) ids.push_back(g.id());
+    if (page.next_page_token() == 0) break;
+    req.set_page_token(page.next_page_token());
+  }
+  ASSERT_EQ(ids.size(), 25u);
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+  v1::ListOutstandingRequest big;
+  big.set_page_size(1'000'000);
+  v1::ListOutstandingResponse none;
+  EXPECT_EQ(stub_->ListOutstanding(ctx().get(), big, &none).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ListOutstandingRequest by_domain;
+  by_domain.set_domain(2);
+  v1::ListOutstandingResponse empty;
+  ASSERT_TRUE(stub_->ListOutstanding(ctx().get(), by_domain, &empty).ok());
+  EXPECT_EQ(empty.groups_size(), 0);
+
+  v1::GetGroupRequest gr;
+  gr.set_id(ids[3]);
+  v1::Group g;
+  ASSERT_TRUE(stub_->GetGroup(ctx().get(), gr, &g).ok());
+  EXPECT_EQ(g.state(), v1::GROUP_STATE_DEFERRED);
+  ASSERT_EQ(g.requests_size(), 1);
+  EXPECT_EQ(g.rid(), 0x300u);
+  ASSERT_EQ(g.trace_size(), 2);
+  EXPECT_EQ(g.trace(1).handler_name(), "hold");
+  EXPECT_EQ(g.trace(1).verdict(), v1::VERDICT_DEFER);
+
+  v1::RespondRequest rr;
+  rr.set_group(ids[3]);
+  rr.set_code(v1::RESPONSE_CODE_SUCCESS);
+  rr.set_reason("test");
+  v1::RespondResponse rresp;
+  ASSERT_TRUE(stub_->Respond(ctx().get(), rr, &rresp).ok());
+  EXPECT_EQ(stub_->Respond(ctx().get(), rr, &rresp).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  rr.set_group(999999);
+  EXPECT_EQ(stub_->Respond(ctx().get(), rr, &rresp).error_code(), grpc::StatusCode::NOT_FOUND);
+  rr.set_group(ids[4]);
+  rr.set_code(static_cast<v1::ResponseCode>(7));
+  EXPECT_EQ(stub_->Respond(ctx().get(), rr, &rresp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  waitOpen(24);
+  // The completed group is still described, from the recent history.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  v1::Group done;
+  do {
+    done.Clear();
+    ASSERT_TRUE(stub_->GetGroup(ctx().get(), gr, &done).ok());
+  } while (!done.has_origin() && std::chrono::steady_clock::now() < until);
+  EXPECT_EQ(done.state(), v1::GROUP_STATE_COMPLETED);
+  EXPECT_EQ(done.origin(), v1::ORIGIN_OPERATOR);
+  EXPECT_EQ(done.code(), v1::RESPONSE_CODE_SUCCESS);
+  EXPECT_GE(done.transitions_size(), 4);
+  gr.set_id(123456789);
+  EXPECT_EQ(stub_->GetGroup(ctx().get(), gr, &g).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ApiTest, AttachDetachAndChainErrors) {
+  start();
+  v1::AttachRequest a;
+  a.set_device(1);
+  a.set_domain(99);
+  v1::AttachResponse ar;
+  EXPECT_EQ(stub_->Attach(ctx().get(), a, &ar).error_code(), grpc::StatusCode::NOT_FOUND);
+  a.set_domain(2);
+  a.set_pasid(1u << 9);
+  EXPECT_EQ(stub_->Attach(ctx().get(), a, &ar).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  a.set_pasid(5);
+  ASSERT_TRUE(stub_->Attach(ctx().get(), a, &ar).ok());
+  EXPECT_GT(ar.epoch(), 0u);
+  v1::DetachRequest d;
+  d.set_device(1);
+  d.set_pasid(5);
+  v1::DetachResponse dr;
+  ASSERT_TRUE(stub_->Detach(ctx().get(), d, &dr).ok());
+  EXPECT_EQ(stub_->Detach(ctx().get(), d, &dr).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::SetDomainChainRequest sc;
+  sc.set_domain(2);
+  sc.add_handlers("nonexistent");
+  v1::SetDomainChainResponse scr;
+  EXPECT_EQ(stub_->SetDomainChain(ctx().get(), sc, &scr).error_code(), grpc::StatusCode::NOT_FOUND);
+  sc.clear_handlers();
+  sc.add_handlers("observe");
+  sc.add_handlers("invalid");
+  ASSERT_TRUE(stub_->SetDomainChain(ctx().get(), sc, &scr).ok());
+  v1::ListDomainsResponse doms;
+  ASSERT_TRUE(stub_->ListDomains(ctx().get(), {}, &doms).ok());
+  EXPECT_EQ(doms.domains(1).chain(1), "invalid");
+  v1::InjectFaultRequest inj;
+  v1::InjectFaultResponse injr;
+  EXPECT_EQ(stub_->InjectFault(ctx().get(), inj, &injr).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+std::vector<v1::Event> readEvents(grpc::ClientReader<v1::WatchBatch>& reader, size_t n, v1::WatchBatch* first = nullptr) {
+  std::vector<v1::Event> out;
+  v1::WatchBatch b;
+  bool seen_first = false;
+  while (out.size() < n && reader.Read(&b)) {
+    if (!seen_first && first != nullptr) *first = b;
+    seen_first = true;
+    for (const auto& e : b.events()) out.push_back(e);
+  }
+  return out;
+}
+
+TEST_F(ApiTest, WatchSnapshotDeltasAndExactResume) {
+  start();
+  sink_ = daemon_->testSink();
+  deliver(1, 5);
+  waitOpen(5);
+  grpc::ClientContext c1;
+  v1::WatchRequest wr;
+  auto reader = stub_->Watch(&c1, wr);
+  v1::WatchBatch first;
+  ASSERT_TRUE(reader->Read(&first));
+  ASSERT_TRUE(first.has_snapshot());
+  EXPECT_EQ(first.snapshot().devices_size(), 2);
+  EXPECT_EQ(first.snapshot().open_groups_size(), 5);
+  v1::ListOutstandingResponse listed;
+  ASSERT_TRUE(stub_->ListOutstanding(ctx().get(), {}, &listed).ok());
+  ASSERT_EQ(listed.groups_size(), 5);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(first.snapshot().open_groups(i).id(), listed.groups(i).id());
+
+  // Deltas: 10 more groups on the success domain: each yields request, group_queued, dispatched,
+  // handler_verdict, responded.
+  deliver(2, 10, 100);
+  std::vector<v1::Event> events = readEvents(*reader, 50);
+  ASSERT_EQ(events.size(), 50u);
+  for (size_t i = 1; i < events.size(); ++i) EXPECT_EQ(events[i].seq(), events[i - 1].seq() + 1);
+  EXPECT_EQ(events.front().seq(), first.snapshot().next_seq());
+  size_t responded = 0;
+  for (const auto& e : events) responded += e.type() == v1::EVENT_RESPONDED;
+  EXPECT_EQ(responded, 10u);
+  c1.TryCancel();
+  (void)reader->Finish();
+
+  // Resume exactly after the 20th event: the next event is the 21st, identical.
+  grpc::ClientContext c2;
+  v1::WatchRequest resume;
+  resume.set_since_seq(events[19].seq() + 1);
+  auto r2 = stub_->Watch(&c2, resume);
+  std::vector<v1::Event> again = readEvents(*r2, 30);
+  ASSERT_EQ(again.size(), 30u);
+  for (size_t i = 0; i < 30; ++i) {
+    EXPECT_EQ(again[i].SerializeAsString(), events[20 + i].SerializeAsString()) << i;
+  }
+  c2.TryCancel();
+  (void)r2->Finish();
+}
+
+TEST_F(ApiTest, ResumePointGoneIsOutOfRangeOrAGap) {
+  start("", 64);
+  sink_ = daemon_->testSink();
+  deliver(2, 100);  // 500 events through a 64-event ring
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  v1::Info info;
+  do {
+    ASSERT_TRUE(stub_->GetInfo(ctx().get(), {}, &info).ok());
+  } while (info.event_head_seq() < 400 && std::chrono::steady_clock::now() < until);
+  ASSERT_GT(info.event_oldest_seq(), 2u);
+  {
+    grpc::ClientContext c;
+    v1::WatchRequest w;
+    w.set_since_seq(2);
+    auto r = stub_->Watch(&c, w);
+    v1::WatchBatch b;
+    EXPECT_FALSE(r->Read(&b));
+    const grpc::Status st = r->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+    EXPECT_NE(st.error_message().find("no longer held"), std::string::npos) << st.error_message();
+  }
+  {
+    grpc::ClientContext c;
+    v1::WatchRequest w;
+    w.set_since_seq(2);
+    w.set_allow_gap(true);
+    auto r = stub_->Watch(&c, w);
+    v1::WatchBatch b;
+    ASSERT_TRUE(r->Read(&b));
+    ASSERT_GT(b.events_size(), 0);
+    EXPECT_EQ(b.events(0).type(), v1::EVENT_GAP);
+    EXPECT_EQ(b.events(0).seq(), 2u);
+    EXPECT_GT(b.lost(), 0u);
+    EXPECT_EQ(b.oldest_available_seq(), 2u + b.lost());
+    if (b.events_size() > 1) {
+      EXPECT_EQ(b.events(1).seq(), b.oldest_available_seq());
+    }
+    c.TryCancel();
+    (void)r->Finish();
+  }
+  grpc::ClientContext c;
+  v1::WatchRequest w;
+  w.set_since_seq(1u << 30);
+  auto r = stub_->Watch(&c, w);
+  v1::WatchBatch b;
+  EXPECT_FALSE(r->Read(&b));
+  EXPECT_EQ(r->Finish().error_code(), grpc::StatusCode::OUT_OF_RANGE);
+}
+
+TEST_F(ApiTest, DrainAnswersTenThousandOpenGroupsAndEndsWatchers) {
+  start();
+  sink_ = daemon_->testSink();
+  for (int i = 0; i < 20; ++i) deliver(1, 500, static_cast<uint32_t>(i * 500 % 512));
+  waitOpen(10000);
+  grpc::ClientContext wc;
+  auto watcher = stub_->Watch(&wc, {});
+  v1::WatchBatch b;
+  ASSERT_TRUE(watcher->Read(&b));
+  daemon_->drain();
+  while (watcher->Read(&b)) {
+  }
+  EXPECT_TRUE(watcher->Finish().ok());  // the stream ended cleanly
+  const auto stats = daemon_->router().stats();
+  EXPECT_EQ(stats.open_groups, 0u);
+  EXPECT_EQ(stats.responses_by_origin[static_cast<int>(Origin::kShutdown)], 10000u);
+  EXPECT_EQ(daemon_->testMemory()->responseCount(), 10000u);
+}
+
+TEST_F(ApiTest, MutationsOverTcpNeedTheToken) {
+  // TCP without TLS is refused at start-up.
+  const std::string path = dir_ + "/tcp.yaml";
+  std::ofstream(path) << "listen: [\"127.0.0.1:0\"]\n";
+  daemon::Daemon d;
+  daemon::DaemonOptions o;
+  o.config_path = path;
+  const absl::Status st = d.start(o);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("requires tls.cert_file and tls.key_file"), std::string::npos) << st;
+}
+
+}  // namespace
+}  // namespace iopf

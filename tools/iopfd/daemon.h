@@ -1,0 +1,103 @@
+// iopfd: the router, its backends, domains and chains from a config file, and the gRPC API.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config_loader.h"
+#include "iopf/api/router_service.h"
+#include "iopf/api/server.h"
+#include "iopf/backend.h"
+#include "iopf/in_memory_backend.h"
+#include "iopf/router.h"
+
+namespace iopf::daemon {
+
+inline constexpr char kVersion[] = "0.1.0";
+
+// Builds a handler for a domain from the chain entry's config. Registered by name.
+using HandlerFactory = std::function<absl::StatusOr<std::shared_ptr<Handler>>(
+    const v1::HandlerConfig& config, DomainId domain)>;
+
+// A backend the daemon runs: the Backend, plus the hooks the daemon needs around it.
+class DaemonBackend {
+ public:
+  virtual ~DaemonBackend() = default;
+  virtual Backend& backend() = 0;
+  virtual std::string type() const = 0;
+  // After Router::addBackend: declare devices, start traffic.
+  virtual absl::Status begin(Router& router) = 0;
+  // Simulator control; UNIMPLEMENTED elsewhere.
+  virtual absl::Status injectFault(const v1::InjectFaultRequest& request) {
+    (void)request;
+    return absl::UnimplementedError("backend '" + type() + "' has no fault injection");
+  }
+  virtual absl::Status runScenario(const std::string& path) {
+    (void)path;
+    return absl::UnimplementedError("backend '" + type() + "' cannot run scenarios");
+  }
+  // Handlers this backend contributes (e.g. the simulator's built-ins).
+  virtual void registerHandlers(std::map<std::string, HandlerFactory>& registry) { (void)registry; }
+};
+
+// Creates DaemonBackends by config type ("memory", "simulated", …).
+using BackendFactory = std::function<absl::StatusOr<std::unique_ptr<DaemonBackend>>(
+    const v1::BackendConfig& config, const std::string& config_dir)>;
+std::map<std::string, BackendFactory>& backendFactories();
+
+struct DaemonOptions {
+  std::string config_path;            // empty: `config` below is used as is
+  std::vector<std::string> listen;    // overrides the config's listen addresses
+};
+
+class Daemon final : public api::DaemonControl {
+ public:
+  Daemon();
+  ~Daemon() override;
+
+  // Loads and applies the config, starts backends and the API server.
+  absl::Status start(const DaemonOptions& options, std::optional<LoadedConfig> config = std::nullopt);
+  // SIGTERM/SIGINT: health NOT_SERVING, watchers end, every open group answered INVALID (origin
+  // shutdown), backends stopped, server stopped. Idempotent.
+  void drain();
+
+  Router& router() { return *router_; }
+  api::RouterService& service() { return *service_; }
+  bool knownHandler(const std::string& name) const;
+  // Tests: the first "memory" backend and its sink (null if there is none).
+  InMemoryBackend* testMemory();
+  RouterSink* testSink();
+
+  // DaemonControl
+  void fillInfo(v1::Info& info) const override;
+  std::vector<v1::Plugin> plugins() const override;
+  absl::StatusOr<uint64_t> reloadConfig() override;
+  absl::StatusOr<std::vector<std::shared_ptr<Handler>>> resolveChain(
+      DomainId domain, const std::vector<std::string>& names) override;
+  absl::Status injectFault(const v1::InjectFaultRequest& request) override;
+  absl::Status runScenario(const std::string& path) override;
+
+ private:
+  absl::Status applyDomainsAndAttachments(const LoadedConfig& config, bool initial);
+  absl::StatusOr<std::vector<std::shared_ptr<Handler>>> buildChain(const LoadedConfig& lc, int domain_index,
+                                                                   DomainId domain);
+  std::optional<DeviceId> deviceByName(const std::string& name) const;
+
+  std::map<std::string, HandlerFactory> handlers_;
+  std::unique_ptr<Router> router_;
+  std::vector<std::unique_ptr<DaemonBackend>> backends_;
+  std::unique_ptr<api::RouterService> service_;
+  std::unique_ptr<api::ApiServer> server_;
+  mutable std::mutex mu_;  // config, domains, generation
+  LoadedConfig config_;
+  std::map<std::string, DomainId> domains_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> drained_{false};
+};
+
+}  // namespace iopf::daemon
