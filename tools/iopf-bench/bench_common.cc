@@ -231,6 +231,7 @@ LoadResult runRouterLoad(const LoadOptions& o, const ChainFactory& chain) {
     }
   }
 
+  if (o.on_ready) o.on_ready(router);
   std::vector<uint64_t> issued(o.devices + 1, 0);
   const uint32_t groups_per_batch = o.batch / o.group_size;
   std::vector<PageRequest> batch(static_cast<size_t>(groups_per_batch) * o.group_size);
@@ -256,6 +257,7 @@ LoadResult runRouterLoad(const LoadOptions& o, const ChainFactory& chain) {
       lat0 = router.stats().latency;
       done_at_start = totalDone();
       allocs_at_start = allocationCount();
+      if (o.on_window) o.on_window(true);
     }
     if (now >= stop_at) break;
     bool progressed = false;
@@ -289,6 +291,7 @@ LoadResult runRouterLoad(const LoadOptions& o, const ChainFactory& chain) {
   const int64_t t1 = SteadyClock::read();
   const uint64_t done = totalDone() - done_at_start;
   const uint64_t allocs = allocationCount() - allocs_at_start;
+  if (o.on_window) o.on_window(false);
   LoadResult r;
   r.latency = histogramDiff(router.stats().latency, lat0);
   router.shutdown();

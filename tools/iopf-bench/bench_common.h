@@ -73,6 +73,10 @@ struct LoadOptions {
   uint32_t batch = 64;               // requests handed to the router per deliver()
   uint32_t group_size = 1;           // requests per group
   unsigned shards = 1;
+  // Hooks for modes that add observers: after the router is set up (before the load starts), and
+  // at the start (true) and end (false) of the measured window. Called on the producer thread.
+  std::function<void(Router&)> on_ready;
+  std::function<void(bool)> on_window;
 };
 
 struct LoadResult {

@@ -6,5 +6,8 @@
 namespace iopf::bench {
 
 int runCore(const Args& args);
+#ifdef IOPF_BENCH_GRPC
+int runGrpc(const Args& args);
+#endif
 
 }  // namespace iopf::bench

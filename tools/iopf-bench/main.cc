@@ -20,6 +20,11 @@ const Mode kModes[] = {
      "router in-process, in-memory backend, trivial handler; compares raw_echo, raw_echo_threaded, naive\n"
      "      [--seconds S] [--warmup S] [--devices N] [--window W] [--batch B] [--group-size G]\n"
      "      [--shards N] [--only router] [--json]"},
+#ifdef IOPF_BENCH_GRPC
+    {"grpc", iopf::bench::runGrpc,
+     "events/s through iopf.v1.Router/Watch to 1 and 4 watchers during the core load, and routing\n"
+     "      throughput with 0, 1 and 4 watchers   [--seconds S] [--max-batch N] [--json]"},
+#endif
 };
 
 void usage(FILE* out) {
