@@ -26,6 +26,7 @@ void GroupHistory::catchUp() {
 }
 
 size_t GroupHistory::pump() {
+  if (capacity_ == 0) return 0;
   std::lock_guard pl(pump_mu_);
   Event buf[512];
   const size_t n = bus_.read(cursor_, std::span<Event>(buf, 512));

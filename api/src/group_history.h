@@ -27,7 +27,7 @@ class GroupHistory {
 
   // Fills transitions (and, for completed groups, identity, code, origin, latency) if known.
   bool fill(GroupId id, v1::Group& out) const;
-  // Processes everything published so far (tests).
+  // Processes everything published so far (GetGroup calls it before answering NOT_FOUND).
   void catchUp();
   uint64_t lost() const { return lost_.load(std::memory_order_relaxed); }
 

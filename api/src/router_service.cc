@@ -115,9 +115,13 @@ grpc::Status RouterService::ListOutstanding(grpc::ServerContext*, const v1::List
 grpc::Status RouterService::GetGroup(grpc::ServerContext*, const v1::GetGroupRequest* req, v1::Group* out) {
   if (auto g = router_.group(req->id())) {
     toProto(*g, router_.clock().now(), *out);
+    history_->catchUp();
     history_->fill(req->id(), *out);
     return grpc::Status::OK;
   }
+  if (history_->fill(req->id(), *out)) return grpc::Status::OK;
+  // The history reader may be a few milliseconds behind: catch up with everything published.
+  history_->catchUp();
   if (history_->fill(req->id(), *out)) return grpc::Status::OK;
   return grpc::Status(grpc::StatusCode::NOT_FOUND,
                       "group " + std::to_string(req->id()) + " is neither open nor in the recent history");
@@ -128,7 +132,11 @@ void RouterService::buildSnapshot(v1::Snapshot& s) const {
   for (const DomainInfo& d : router_.domains()) toProto(d, *s.add_domains());
   for (const AttachmentInfo& a : router_.attachments()) toProto(a, *s.add_attachments());
   const int64_t now = router_.clock().now();
-  for (const GroupInfo& g : router_.outstanding()) toProto(g, now, *s.add_open_groups());
+  OutstandingFilter f;
+  f.limit = options_.max_list_page;
+  for (const GroupInfo& g : router_.outstanding(f)) toProto(g, now, *s.add_open_groups());
+  s.set_open_groups_total(router_.openGroups());
+  s.set_open_groups_truncated(s.open_groups_total() > static_cast<uint64_t>(s.open_groups_size()));
 }
 
 grpc::Status RouterService::Watch(grpc::ServerContext* ctx, const v1::WatchRequest* req,

@@ -900,8 +900,10 @@ GroupInfo toInfo(const Router::Impl& impl, const Group& g) {
 }  // namespace
 
 std::vector<GroupInfo> Router::outstanding(const OutstandingFilter& filter) const {
-  std::vector<GroupInfo> out;
+  // First the ids that match (cheap), then the full copies of the page only: a page of 1,000 out of
+  // a million open groups copies 1,000 groups.
   const int64_t now = impl_->now();
+  std::vector<std::pair<GroupId, uint32_t>> matches;  // (id, shard)
   for (auto& s : impl_->shards) {
     s->forEachOpen([&](const Group& g) {
       if (g.id <= filter.after) return;
@@ -909,11 +911,28 @@ std::vector<GroupInfo> Router::outstanding(const OutstandingFilter& filter) cons
       if (filter.device && g.device != *filter.device) return;
       if (filter.pasid && g.requests.back().pasid != filter.pasid) return;
       if (filter.min_age_ns > 0 && now - g.requests.front().arrival_ns < filter.min_age_ns) return;
-      out.push_back(toInfo(*impl_, g));
+      matches.emplace_back(g.id, s->index());
     });
   }
+  const size_t n = std::min(filter.limit, matches.size());
+  std::partial_sort(matches.begin(), matches.begin() + static_cast<std::ptrdiff_t>(n), matches.end());
+  matches.resize(n);
+  std::vector<GroupInfo> out;
+  out.reserve(n);
+  std::vector<GroupId> wanted;
+  for (uint32_t si = 0; si < impl_->shards.size(); ++si) {
+    wanted.clear();
+    for (const auto& [id, shard] : matches) {
+      if (shard == si) wanted.push_back(id);
+    }
+    if (wanted.empty()) continue;
+    std::sort(wanted.begin(), wanted.end());
+    impl_->shards[si]->forEachOpen([&](const Group& g) {
+      if (std::binary_search(wanted.begin(), wanted.end(), g.id)) out.push_back(toInfo(*impl_, g));
+    });
+  }
+  // A group may have completed between the two passes: it is simply not listed.
   std::sort(out.begin(), out.end(), [](const GroupInfo& a, const GroupInfo& b) { return a.id < b.id; });
-  if (out.size() > filter.limit) out.resize(filter.limit);
   for (GroupInfo& info : out) {
     for (TraceEntry& t : info.trace) t.handler_name = handlerName(t.handler);
   }
