@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -265,21 +266,25 @@ class EventBatch {
   EventBatch& operator=(const EventBatch&) = delete;
   Event& add() {
     if (n_ == kSize) flush();
-    Event& e = events_[n_++];
-    e = Event{};
-    return e;
+    return *new (&storage_.events[n_++]) Event{};
   }
   void flush() {
     if (n_ == 0) return;
     const uint64_t seq = bus_.reserve(static_cast<uint32_t>(n_));
-    for (size_t i = 0; i < n_; ++i) bus_.write(seq + i, events_[i]);
+    for (size_t i = 0; i < n_; ++i) bus_.write(seq + i, storage_.events[i]);
     n_ = 0;
   }
 
  private:
   static constexpr size_t kSize = 64;
+  // Uninitialised storage: constructing 64 events per batch would cost a 4.6 KB memset per
+  // delivered batch and per shard pass; add() constructs each event in place.
+  union Storage {
+    Storage() {}
+    Event events[kSize];
+  };
   EventBus& bus_;
-  std::array<Event, kSize> events_;
+  Storage storage_;
   size_t n_ = 0;
 };
 
