@@ -148,7 +148,7 @@ class Router::Impl::ShardLocker {
   Shard& lock(uint32_t index) {
     if (current_ != index) {
       release();
-      router_.shards[index]->mutex().lock();
+      detail::lockBriefly(router_.shards[index]->mutex());
       current_ = index;
     }
     return *router_.shards[index];

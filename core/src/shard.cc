@@ -299,7 +299,8 @@ size_t Shard::runPass() {
   EventBatch events(router_.bus);
   size_t work = 0;
   if (pending_.load(std::memory_order_acquire)) {
-    std::lock_guard lk(mu_);
+    lockBriefly(mu_);
+    std::lock_guard lk(mu_, std::adopt_lock);
     if (local_pos_ >= local_inbox_.size()) {
       local_inbox_.clear();
       local_pos_ = 0;
@@ -351,7 +352,8 @@ size_t Shard::runPass() {
 
   // 5. Publish traces of groups still open and free the completed slots.
   if (!traces_.empty() || !to_free_.empty() || !dispatched_.empty()) {
-    std::lock_guard lk(mu_);
+    lockBriefly(mu_);
+    std::lock_guard lk(mu_, std::adopt_lock);
     for (const Dispatched& d : dispatched_) {
       Group& g = at(d.slot);
       if (g.id == d.id) g.dispatched_ns = d.at;
