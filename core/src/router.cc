@@ -141,9 +141,13 @@ Router::Impl::Route Router::Impl::route(const DeviceState& d, const PageRequest&
 
 // Holds at most one shard mutex at a time, switching only when consecutive groups go to different
 // shards: one lock per delivered batch in the common case.
+//
+// Events of the batch are published before a shard lock is released: once the shard can see a
+// group, its group_queued event already has its sequence number, so every event of a group is
+// ordered after it (watchers and the history rely on it).
 class Router::Impl::ShardLocker {
  public:
-  explicit ShardLocker(Impl& router) : router_(router) {}
+  ShardLocker(Impl& router, EventBatch& events) : router_(router), events_(events) {}
   ~ShardLocker() { release(); }
   Shard& lock(uint32_t index) {
     if (current_ != index) {
@@ -155,6 +159,7 @@ class Router::Impl::ShardLocker {
   }
   void release() {
     if (current_ == kNone) return;
+    events_.flush();
     Shard& s = *router_.shards[current_];
     const bool notify = s.sleepingLocked();
     s.mutex().unlock();
@@ -165,6 +170,7 @@ class Router::Impl::ShardLocker {
  private:
   static constexpr uint32_t kNone = UINT32_MAX;
   Impl& router_;
+  EventBatch& events_;
   uint32_t current_ = kNone;
 };
 
@@ -173,7 +179,7 @@ void Router::Impl::deliver(BackendSlot& backend, std::span<const PageRequest> ba
   const int64_t now = clock_->now();
   EventBatch events(bus);
   std::shared_lock lk(attach_mu);
-  ShardLocker locker(*this);
+  ShardLocker locker(*this, events);
   bump(requests, batch.size());
   for (const PageRequest& in : batch) {
     DeviceState* d = device(in.device);

@@ -347,7 +347,9 @@ size_t Shard::runPass() {
     ++work;
   });
 
-  // 4. Hand responses to the backends, one batch each.
+  // 4. Publish the pass's events (a response's event precedes whatever the device does next), then
+  //    hand the responses to the backends, one batch each.
+  events.flush();
   flushResponses();
 
   // 5. Publish traces of groups still open and free the completed slots.

@@ -6,6 +6,12 @@
 namespace iopf::bench {
 
 int runCore(const Args& args);
+#ifdef IOPF_BENCH_SOCKET
+int runSocket(const Args& args);
+#endif
+#ifdef IOPF_BENCH_SIM
+int runSim(const Args& args);
+#endif
 #ifdef IOPF_BENCH_GRPC
 int runGrpc(const Args& args);
 #endif

@@ -20,6 +20,16 @@ const Mode kModes[] = {
      "router in-process, in-memory backend, trivial handler; compares raw_echo, raw_echo_threaded, naive\n"
      "      [--seconds S] [--warmup S] [--devices N] [--window W] [--batch B] [--group-size G]\n"
      "      [--shards N] [--only router] [--json]"},
+#ifdef IOPF_BENCH_SIM
+    {"sim", iopf::bench::runSim,
+     "simulated devices -> router -> chain -> devices, with device-side figures; compares raw_echo, naive\n"
+     "      [--scenario FILE] [--seconds S] [--devices N] [--latency-rate R] [--no-memory] [--json]"},
+#endif
+#ifdef IOPF_BENCH_SOCKET
+    {"socket", iopf::bench::runSocket,
+     "page requests over the QEMU socket backend's iopf profile, 1 and 16 peers, vs the in-memory backend\n"
+     "      [--seconds S] [--warmup S] [--peers N] [--window W] [--group-size G] [--no-batch] [--json]"},
+#endif
 #ifdef IOPF_BENCH_GRPC
     {"grpc", iopf::bench::runGrpc,
      "events/s through iopf.v1.Router/Watch to 1 and 4 watchers during the core load, and routing\n"

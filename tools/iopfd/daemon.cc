@@ -6,6 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "iopf/in_memory_backend.h"
+#ifdef IOPF_HAVE_SIM
+#include "sim_backend.h"
+#endif
 
 namespace iopf::daemon {
 
@@ -61,9 +64,13 @@ class MemoryDaemonBackend final : public DaemonBackend {
 std::map<std::string, BackendFactory>& backendFactories() {
   static std::map<std::string, BackendFactory> factories = {
       {"memory",
-       [](const v1::BackendConfig& c, const std::string&) -> absl::StatusOr<std::unique_ptr<DaemonBackend>> {
+       [](const v1::BackendConfig& c, const std::string&,
+          const RouterOptions&) -> absl::StatusOr<std::unique_ptr<DaemonBackend>> {
          return std::make_unique<MemoryDaemonBackend>(c);
        }},
+#ifdef IOPF_HAVE_SIM
+      {"simulated", makeSimulatedBackend},
+#endif
   };
   return factories;
 }
@@ -217,7 +224,6 @@ absl::Status Daemon::start(const DaemonOptions& options, std::optional<LoadedCon
   RouterOptions ro;
   ro.shards = c.shards();
   if (c.event_capacity() != 0) ro.event_capacity = c.event_capacity();
-  router_ = std::make_unique<Router>(ro);
 
   const std::string dir = std::filesystem::path(lc.path).parent_path().string();
   for (int i = 0; i < c.backends_size(); ++i) {
@@ -227,17 +233,30 @@ absl::Status Daemon::start(const DaemonOptions& options, std::optional<LoadedCon
       return absl::InvalidArgumentError(lc.where(absl::StrCat("backends[", i, "].type")) + "'" + bc.type() +
                                         "' is not built into this iopfd");
     }
-    auto backend = factory->second(bc, dir);
+    auto backend = factory->second(bc, dir, ro);
     if (!backend.ok()) {
       return absl::Status(backend.status().code(),
                           lc.where(absl::StrCat("backends[", i, "]")) + std::string(backend.status().message()));
     }
-    (*backend)->registerHandlers(handlers_);
-    if (auto id = router_->addBackend((*backend)->backend()); !id.ok()) return id.status();
-    if (absl::Status st = (*backend)->begin(*router_); !st.ok()) {
-      return absl::Status(st.code(), lc.where(absl::StrCat("backends[", i, "]")) + std::string(st.message()));
+    if (Router* own = (*backend)->ownRouter()) {
+      if (c.backends_size() != 1) {
+        return absl::InvalidArgumentError(lc.where(absl::StrCat("backends[", i, "].type")) + "a '" + bc.type() +
+                                          "' backend brings its own router and runs alone");
+      }
+      router_ = own;
     }
+    (*backend)->registerHandlers(handlers_);
     backends_.push_back(std::move(*backend));
+  }
+  if (router_ == nullptr) {
+    owned_router_ = std::make_unique<Router>(ro);
+    router_ = owned_router_.get();
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      if (auto id = router_->addBackend(backends_[i]->backend()); !id.ok()) return id.status();
+      if (absl::Status st = backends_[i]->begin(*router_); !st.ok()) {
+        return absl::Status(st.code(), lc.where(absl::StrCat("backends[", i, "]")) + std::string(st.message()));
+      }
+    }
   }
   if (absl::Status st = applyDomainsAndAttachments(lc, true); !st.ok()) return st;
 
@@ -273,6 +292,9 @@ absl::Status Daemon::start(const DaemonOptions& options, std::optional<LoadedCon
     config_ = std::move(lc);
   }
   generation_ = 1;
+  for (auto& b : backends_) {
+    if (absl::Status st = b->startTraffic(); !st.ok()) return st;
+  }
   return absl::OkStatus();
 }
 

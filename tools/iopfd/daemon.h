@@ -30,8 +30,13 @@ class DaemonBackend {
   virtual ~DaemonBackend() = default;
   virtual Backend& backend() = 0;
   virtual std::string type() const = 0;
-  // After Router::addBackend: declare devices, start traffic.
+  // A backend that brings its own Router (the simulator's whole Simulation) returns it; the daemon
+  // then uses it instead of building one. Such a backend runs alone.
+  virtual Router* ownRouter() { return nullptr; }
+  // After Router::addBackend (skipped for ownRouter() backends): declare devices.
   virtual absl::Status begin(Router& router) = 0;
+  // After domains, chains and attachments exist and the API serves: start producing requests.
+  virtual absl::Status startTraffic() { return absl::OkStatus(); }
   // Simulator control; UNIMPLEMENTED elsewhere.
   virtual absl::Status injectFault(const v1::InjectFaultRequest& request) {
     (void)request;
@@ -47,7 +52,7 @@ class DaemonBackend {
 
 // Creates DaemonBackends by config type ("memory", "simulated", …).
 using BackendFactory = std::function<absl::StatusOr<std::unique_ptr<DaemonBackend>>(
-    const v1::BackendConfig& config, const std::string& config_dir)>;
+    const v1::BackendConfig& config, const std::string& config_dir, const RouterOptions& router_options)>;
 std::map<std::string, BackendFactory>& backendFactories();
 
 struct DaemonOptions {
@@ -88,9 +93,11 @@ class Daemon final : public api::DaemonControl {
                                                                    DomainId domain);
   std::optional<DeviceId> deviceByName(const std::string& name) const;
 
+  // Destruction runs bottom-up: server and service before the router, the router before backends.
   std::map<std::string, HandlerFactory> handlers_;
-  std::unique_ptr<Router> router_;
   std::vector<std::unique_ptr<DaemonBackend>> backends_;
+  std::unique_ptr<Router> owned_router_;
+  Router* router_ = nullptr;
   std::unique_ptr<api::RouterService> service_;
   std::unique_ptr<api::ApiServer> server_;
   mutable std::mutex mu_;  // config, domains, generation
