@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <thread>
 
@@ -408,6 +409,65 @@ TEST_F(ApiTest, AWatcherThatNeverReadsDoesNotHoldRoutingBack) {
   (void)stuck->Finish();
   const auto stats = daemon_->router().stats();
   EXPECT_EQ(stats.responses, 50000u);
+}
+
+TEST_F(ApiTest, PluginsFromPluginDirsServeChainsAndEvents) {
+  const std::string events = dir_ + "/events.jsonl";
+  std::string cfg = "listen: [\"unix:" + socket_ + "\"]\n";
+  cfg += "plugin_dirs: [\"" IOPF_PLUGIN_DIR "\"]\n";
+  cfg += "plugins:\n  - {id: logger, config: {json_path: \"" + events + "\", max_events_per_second: 0}}\n";
+  cfg += R"(backends:
+  - name: mem
+    type: memory
+    devices:
+      - {name: nic0, handle: 7, rid: 0x0300, pasid_bits: 8}
+domains:
+  - name: host
+    chain:
+      - {name: deny_writes, config: {ranges: [{start: 4096, length: 4096}]}}
+      - {name: success}
+attachments:
+  - {device: nic0, domain: host}
+)";
+  std::ofstream(dir_ + "/iopfd.yaml") << cfg;
+  daemon_ = std::make_unique<daemon::Daemon>();
+  daemon::DaemonOptions o;
+  o.config_path = dir_ + "/iopfd.yaml";
+  const absl::Status st = daemon_->start(o);
+  ASSERT_TRUE(st.ok()) << st;
+  channel_ = grpc::CreateChannel("unix:" + socket_, grpc::experimental::LocalCredentials(UDS));
+  stub_ = v1::Router::NewStub(channel_);
+  v1::ListPluginsResponse plugins;
+  ASSERT_TRUE(stub_->ListPlugins(ctx().get(), {}, &plugins).ok());
+  std::map<std::string, std::string> state;
+  for (const auto& p : plugins.plugins()) state[p.name()] = p.state();
+  EXPECT_EQ(state["logger"], "running");
+  EXPECT_EQ(state["deny_writes"], "running");
+
+  std::vector<PageRequest> reqs(2);
+  reqs[0].device = reqs[1].device = 1;
+  reqs[0].grpid = 1;
+  reqs[0].addr = 0x1800;  // inside the denied range
+  reqs[0].perm = perm::kWrite;
+  reqs[1].grpid = 2;
+  reqs[1].addr = 0x1800;
+  reqs[1].perm = perm::kRead;  // reads are not denied
+  reqs[0].last = reqs[1].last = true;
+  daemon_->testSink()->deliver(reqs);
+  ASSERT_EQ(daemon_->testMemory()->waitForResponses(2, std::chrono::seconds(20)), 2u);
+  auto rs = daemon_->testMemory()->responses();
+  std::sort(rs.begin(), rs.end(), [](const Response& a, const Response& b) { return a.grpid < b.grpid; });
+  EXPECT_EQ(rs[0].code, ResponseCode::kInvalid);
+  EXPECT_EQ(rs[0].origin, Origin::kHandler);
+  EXPECT_EQ(rs[1].code, ResponseCode::kSuccess);
+  stub_.reset();
+  channel_.reset();
+  daemon_->drain();  // the logger flushes on shutdown
+  std::ifstream in(events);
+  std::string line;
+  int responded = 0;
+  while (std::getline(in, line)) responded += line.find("\"responded\"") != std::string::npos;
+  EXPECT_EQ(responded, 2);
 }
 
 TEST_F(ApiTest, MutationsOverTcpNeedTheToken) {

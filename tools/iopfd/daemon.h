@@ -14,6 +14,7 @@
 #include "iopf/api/server.h"
 #include "iopf/backend.h"
 #include "iopf/in_memory_backend.h"
+#include "iopf/plugin_host.h"
 #include "iopf/router.h"
 
 namespace iopf::daemon {
@@ -89,6 +90,7 @@ class Daemon final : public api::DaemonControl {
 
  private:
   absl::Status applyDomainsAndAttachments(const LoadedConfig& config, bool initial);
+  absl::Status loadPlugins(const LoadedConfig& config);
   absl::StatusOr<std::vector<std::shared_ptr<Handler>>> buildChain(const LoadedConfig& lc, int domain_index,
                                                                    DomainId domain);
   std::optional<DeviceId> deviceByName(const std::string& name) const;
@@ -98,6 +100,8 @@ class Daemon final : public api::DaemonControl {
   std::vector<std::unique_ptr<DaemonBackend>> backends_;
   std::unique_ptr<Router> owned_router_;
   Router* router_ = nullptr;
+  std::unique_ptr<PluginHost> plugins_;  // after the router: destroyed (and shut down) before it
+  std::vector<PluginCandidate> candidates_;
   std::unique_ptr<api::RouterService> service_;
   std::unique_ptr<api::ApiServer> server_;
   mutable std::mutex mu_;  // config, domains, generation
