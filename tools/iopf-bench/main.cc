@@ -23,7 +23,8 @@ const Mode kModes[] = {
 #ifdef IOPF_BENCH_SIM
     {"sim", iopf::bench::runSim,
      "simulated devices -> router -> chain -> devices, with device-side figures; compares raw_echo, naive\n"
-     "      [--scenario FILE] [--seconds S] [--devices N] [--latency-rate R] [--no-memory] [--json]"},
+     "      [--scenario FILE] [--seconds S] [--devices N] [--credits C] [--max-batch B] [--latency-rate R]\n"
+     "      [--no-latency] [--no-memory] [--no-compare] [--no-run-to-completion] [--json]"},
 #endif
 #ifdef IOPF_BENCH_SOCKET
     {"socket", iopf::bench::runSocket,
