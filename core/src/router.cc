@@ -80,6 +80,20 @@ void fillRequestEvent(Event& e, const PageRequest& r) {
 
 void bump(std::atomic<uint64_t>& a, uint64_t by = 1) { a.fetch_add(by, std::memory_order_relaxed); }
 
+// An attach or detach event of (device, pasid|RID) → domain at `epoch`.
+void attachmentEvent(Event& e, EventType type, int64_t time_ns, DeviceId device, std::optional<uint32_t> pasid,
+                     const detail::Attachment& a) {
+  e.type = type;
+  e.time_ns = time_ns;
+  e.device = device;
+  e.domain = a.domain;
+  e.value = static_cast<int64_t>(a.epoch);
+  if (pasid) {
+    e.pasid = *pasid;
+    e.flags |= event_flag::kPasidValid;
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -379,16 +393,7 @@ absl::Status Router::Impl::removeDevice(BackendSlot& backend, DeviceId id) {
       return absl::NotFoundError(absl::StrCat("device ", id, " was already removed"));
     }
     auto detached = [&](std::optional<uint32_t> pasid, const detail::Attachment& a) {
-      Event& e = events.add();
-      e.type = EventType::kDetach;
-      e.time_ns = t;
-      e.device = id;
-      e.domain = a.domain;
-      e.value = static_cast<int64_t>(a.epoch);
-      if (pasid) {
-        e.pasid = *pasid;
-        e.flags |= event_flag::kPasidValid;
-      }
+      attachmentEvent(events.add(), EventType::kDetach, t, id, pasid, a);
     };
     if (d->rid_attach) detached(std::nullopt, *d->rid_attach);
     for (const auto& [pasid, a] : d->pasid_attach) detached(pasid, a);
@@ -543,20 +548,8 @@ absl::StatusOr<uint64_t> Router::attach(DeviceId device, std::optional<uint32_t>
     } else {
       d->pasid_attach[*pasid] = fresh;
     }
-    auto ev = [&](EventType type, const detail::Attachment& a) {
-      Event& e = events.add();
-      e.type = type;
-      e.time_ns = t;
-      e.device = device;
-      e.domain = a.domain;
-      e.value = static_cast<int64_t>(a.epoch);
-      if (pasid) {
-        e.pasid = *pasid;
-        e.flags |= event_flag::kPasidValid;
-      }
-    };
-    if (old) ev(EventType::kDetach, *old);
-    ev(EventType::kAttach, fresh);
+    if (old) attachmentEvent(events.add(), EventType::kDetach, t, device, pasid, *old);
+    attachmentEvent(events.add(), EventType::kAttach, t, device, pasid, fresh);
   }
   if (old) {
     if (DomainState* old_dom = impl_->domain(old->domain)) {
@@ -589,15 +582,7 @@ absl::Status Router::detach(DeviceId device, std::optional<uint32_t> pasid) {
     }
   }
   Event e;
-  e.type = EventType::kDetach;
-  e.time_ns = impl_->now();
-  e.device = device;
-  e.domain = old.domain;
-  e.value = static_cast<int64_t>(old.epoch);
-  if (pasid) {
-    e.pasid = *pasid;
-    e.flags |= event_flag::kPasidValid;
-  }
+  attachmentEvent(e, EventType::kDetach, impl_->now(), device, pasid, old);
   impl_->bus.publish(e);
   if (DomainState* dom = impl_->domain(old.domain)) {
     const uint64_t epoch = old.epoch;
@@ -620,16 +605,7 @@ absl::Status Router::removeDomain(DomainId domain) {
     for (size_t i = 1; i < impl_->device_storage.size(); ++i) {
       DeviceState& d = *impl_->device_storage[i];
       auto ev = [&](std::optional<uint32_t> pasid, const detail::Attachment& a) {
-        Event& e = events.add();
-        e.type = EventType::kDetach;
-        e.time_ns = t;
-        e.device = d.id;
-        e.domain = a.domain;
-        e.value = static_cast<int64_t>(a.epoch);
-        if (pasid) {
-          e.pasid = *pasid;
-          e.flags |= event_flag::kPasidValid;
-        }
+        attachmentEvent(events.add(), EventType::kDetach, t, d.id, pasid, a);
       };
       if (d.rid_attach && d.rid_attach->domain == domain) {
         ev(std::nullopt, *d.rid_attach);
