@@ -128,6 +128,16 @@ Json& Json::value(const std::string& v) {
   return *this;
 }
 
+void latencyJson(Json& j, const std::string& key, const LatencyHistogram::Snapshot& s) {
+  j.key(key).begin();
+  j.field("p50", s.percentile(0.50));
+  j.field("p90", s.percentile(0.90));
+  j.field("p99", s.percentile(0.99));
+  j.field("p999", s.percentile(0.999));
+  j.field("max", s.max);
+  j.end();
+}
+
 // ---------------------------------------------------------------------------------------------
 // process figures
 

@@ -55,6 +55,9 @@ class Json {
   std::vector<bool> first_{true};
 };
 
+// `"key": {"p50", "p90", "p99", "p999", "max"}` of a latency histogram, in nanoseconds.
+void latencyJson(Json& json, const std::string& key, const LatencyHistogram::Snapshot& latency);
+
 // --- process figures ----------------------------------------------------------------------------
 // Heap allocations made by this process so far (counted by iopf-bench's operator new).
 uint64_t allocationCount();

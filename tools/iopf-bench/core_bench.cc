@@ -233,15 +233,6 @@ double runNaive(const LoadOptions& o) {
   return rate;
 }
 
-void printLatency(Json& j, const LatencyHistogram::Snapshot& s) {
-  j.key("latency_ns").begin();
-  j.field("p50", s.percentile(0.50));
-  j.field("p99", s.percentile(0.99));
-  j.field("p999", s.percentile(0.999));
-  j.field("max", s.max);
-  j.end();
-}
-
 void compareEntry(Json& j, const std::string& name, double router_rate, double other_rate) {
   j.key(name).begin();
   j.field("groups_per_s", other_rate);
@@ -277,7 +268,7 @@ int runCore(const Args& args) {
   j.field("seconds", router.seconds);
   j.field("groups_per_s", router.groups_per_s);
   j.field("requests_per_s", router.requests_per_s);
-  printLatency(j, router.latency);
+  latencyJson(j, "latency_ns", router.latency);
   j.field("allocs_per_group", router.allocs_per_group);
   j.field("rss_bytes", rss);
   j.key("compare").begin();

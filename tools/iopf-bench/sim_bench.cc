@@ -62,16 +62,6 @@ void sleepSeconds(double s) {
   std::this_thread::sleep_for(std::chrono::duration<double>(s));
 }
 
-void latencyJson(Json& j, const std::string& key, const LatencyHistogram::Snapshot& s) {
-  j.key(key).begin();
-  j.field("p50", s.percentile(0.50));
-  j.field("p90", s.percentile(0.90));
-  j.field("p99", s.percentile(0.99));
-  j.field("p999", s.percentile(0.999));
-  j.field("max", s.max);
-  j.end();
-}
-
 struct SimRun {
   uint64_t groups = 0;
   uint64_t requests = 0;

@@ -80,15 +80,6 @@ SocketRun runSocketLoad(uint32_t peers, const Args& args) {
   return out;
 }
 
-void latencyJson(Json& j, const LatencyHistogram::Snapshot& s) {
-  j.key("latency_ns").begin();
-  j.field("p50", s.percentile(0.50));
-  j.field("p99", s.percentile(0.99));
-  j.field("p999", s.percentile(0.999));
-  j.field("max", s.max);
-  j.end();
-}
-
 }  // namespace
 
 int runSocket(const Args& args) {
@@ -121,7 +112,7 @@ int runSocket(const Args& args) {
   j.field("seconds", one.seconds);
   j.field("groups_per_s", one.groups_per_s);
   j.field("requests_per_s", one.requests_per_s);
-  latencyJson(j, one.latency);
+  latencyJson(j, "latency_ns", one.latency);
   j.field("allocs_per_group", one.groups > 0 ? static_cast<double>(allocs1 - allocs0) / static_cast<double>(one.groups) : 0.0);
   j.field("rss_bytes", rssBytes());
   for (const SocketRun* r : {&one, &many}) {
@@ -132,7 +123,7 @@ int runSocket(const Args& args) {
     j.field("groups", r->groups);
     j.field("groups_per_s", r->groups_per_s);
     j.field("requests_per_s", r->requests_per_s);
-    latencyJson(j, r->latency);
+    latencyJson(j, "latency_ns", r->latency);
     j.end();
   }
   j.key("compare").begin();
