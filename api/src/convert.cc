@@ -37,6 +37,7 @@ void toProto(const DomainInfo& in, v1::Domain& out) {
   for (const auto& h : in.chain) out.add_chain(h);
   out.set_open_groups(in.open_groups);
   out.set_removed(in.removed);
+  out.set_paused(in.paused);
 }
 
 void toProto(const AttachmentInfo& in, v1::Attachment& out) {

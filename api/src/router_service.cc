@@ -1,5 +1,7 @@
 #include "iopf/api/router_service.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <thread>
@@ -29,7 +31,47 @@ bool matches(const v1::EventFilter& f, const Event& e) {
   return true;
 }
 
+int64_t threadCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+int64_t wallNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
+
+// A token bucket of CPU time: credit accrues at `share` ns per wall ns (capped at 20 ms of CPU),
+// the thread's CPU time is charged against it, and a negative balance is slept off.
+class RouterService::WatchPacer {
+ public:
+  WatchPacer(double cores, const std::atomic<uint32_t>& watchers)
+      : cores_(cores), watchers_(watchers), cpu_(threadCpuNs()), wall_(wallNs()) {}
+
+  void pace() {
+    if (cores_ <= 0) return;
+    const double share = cores_ / std::max<uint32_t>(1, watchers_.load(std::memory_order_relaxed));
+    const int64_t cpu = threadCpuNs(), wall = wallNs();
+    credit_ += share * static_cast<double>(wall - wall_) - static_cast<double>(cpu - cpu_);
+    credit_ = std::min(credit_, kMaxCreditNs);
+    cpu_ = cpu;
+    wall_ = wall;
+    if (credit_ >= 0) return;
+    const auto debt = std::chrono::nanoseconds(static_cast<int64_t>(-credit_ / share));
+    std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(debt, std::chrono::milliseconds(200)));
+  }
+
+ private:
+  static constexpr double kMaxCreditNs = 20e6;
+  const double cores_;
+  const std::atomic<uint32_t>& watchers_;
+  int64_t cpu_, wall_;
+  double credit_ = 0;
+};
 
 RouterService::RouterService(Router& router, DaemonControl& control, ServiceOptions options)
     : router_(router),
@@ -186,6 +228,7 @@ grpc::Status RouterService::Watch(grpc::ServerContext* ctx, const v1::WatchReque
   std::vector<Event> buf(max_batch);
   v1::WatchBatch batch;
   auto last_write = std::chrono::steady_clock::now();
+  WatchPacer pacer(options_.watch_cpu_cores, watchers_);
   while (!ctx->IsCancelled() && !draining_.load(std::memory_order_relaxed)) {
     const size_t n = bus.read(cursor, buf);
     batch.Clear();
@@ -201,9 +244,13 @@ grpc::Status RouterService::Watch(grpc::ServerContext* ctx, const v1::WatchReque
       batch.set_next_seq(cursor);
       if (!writer->Write(batch)) return grpc::Status::OK;  // client went away
       last_write = std::chrono::steady_clock::now();
+      pacer.pace();
       continue;
     }
-    if (n > 0) continue;  // everything was filtered out: keep reading
+    if (n > 0) {  // everything was filtered out: keep reading
+      pacer.pace();
+      continue;
+    }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_write >= progress) {
       batch.Clear();
@@ -282,6 +329,16 @@ grpc::Status RouterService::RunScenario(grpc::ServerContext* ctx, const v1::RunS
                                         v1::RunScenarioResponse*) {
   if (auto st = authorizeMutation(ctx); !st.ok()) return st;
   return toGrpc(control_.runScenario(req->path()));
+}
+
+grpc::Status RouterService::PauseDomain(grpc::ServerContext* ctx, const v1::PauseDomainRequest* req,
+                                        v1::PauseDomainResponse* out) {
+  if (auto st = authorizeMutation(ctx); !st.ok()) return st;
+  auto result = router_.setDomainPaused(req->domain(), req->paused());
+  if (!result.ok()) return toGrpc(result.status());
+  out->set_was_paused(result->was_paused);
+  out->set_waiting_groups(result->waiting_groups);
+  return grpc::Status::OK;
 }
 
 }  // namespace iopf::api

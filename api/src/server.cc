@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -26,7 +27,9 @@ absl::StatusOr<std::string> readFile(const std::string& path, const std::string&
   return ss.str();
 }
 
-// Prepares the directory of a Unix socket (created 0750) and removes a stale socket file.
+// Prepares the directory of a Unix socket (created 0750) and removes a stale socket file. A
+// directory anyone may write to (without the sticky bit) is refused: anyone could replace the
+// socket with their own and collect the operators' calls.
 absl::Status prepareUnixSocket(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path p(path);
@@ -35,6 +38,15 @@ absl::Status prepareUnixSocket(const std::string& path) {
     fs::create_directories(p.parent_path(), ec);
     if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", p.parent_path().string(), ": ", ec.message()));
     ::chmod(p.parent_path().c_str(), 0750);
+  }
+  struct stat dir;
+  const std::string parent = p.has_parent_path() ? p.parent_path().string() : ".";
+  if (::stat(parent.c_str(), &dir) == 0 && (dir.st_mode & S_IWOTH) != 0 && (dir.st_mode & S_ISVTX) == 0) {
+    char mode[16];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(dir.st_mode & 07777));
+    return absl::PermissionDeniedError(absl::StrCat("the directory ", parent, " of socket ", path,
+                                                    " is world-writable (mode ", mode,
+                                                    ") without the sticky bit: anyone could replace the socket"));
   }
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {
@@ -50,6 +62,13 @@ absl::Status prepareUnixSocket(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<ApiServer>> ApiServer::start(RouterService& service, const ServerOptions& options) {
   if (options.listen.empty()) return absl::InvalidArgumentError("no listen address");
+  if ((options.socket_mode & 07) != 0 || (options.socket_mode & ~0777u) != 0) {
+    char mode[16];
+    std::snprintf(mode, sizeof mode, "%04o", options.socket_mode);
+    return absl::InvalidArgumentError(absl::StrCat("socket_mode ", mode,
+                                                   " would let every local user drive the router: use 0660 "
+                                                   "(owner and group) or 0600"));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::channelz::experimental::InitChannelzService();

@@ -137,6 +137,7 @@ void IommufdBackend::readerLoop() {
     if (n < 0) {
       if (errno == EINTR) continue;
       counters_.read_errors.fetch_add(1, std::memory_order_relaxed);
+      reader_errno_.store(errno, std::memory_order_release);
       return;
     }
     std::lock_guard reader_lock(reader_mu_);
@@ -805,6 +806,13 @@ absl::Status IommufdBackend::teardown() {
 }
 
 // --- observation ---------------------------------------------------------------------------------------
+
+absl::Status IommufdBackend::health() const {
+  if (const int err = reader_errno_.load(std::memory_order_acquire); err != 0) {
+    return absl::UnavailableError(std::string("iommufd reader stopped: epoll_wait: ") + std::strerror(err));
+  }
+  return absl::OkStatus();
+}
 
 IommufdStats IommufdBackend::stats() const {
   IommufdStats s;

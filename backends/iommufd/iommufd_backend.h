@@ -137,6 +137,8 @@ class IommufdBackend final : public Backend {
   // IOMMU_IOAS_MAP of [source_va, +length) at iova into the IOAS of request.domain
   // (setDomainIoas). Errors name the IOAS, the range and the kernel's reason.
   absl::Status map(const MapRequest& request) override;
+  // UNAVAILABLE once the reader thread stopped on an epoll error (no more faults are read).
+  absl::Status health() const override;
 
   // --- objects ------------------------------------------------------------------------------------
   int iommufd() const { return iommufd_; }
@@ -289,6 +291,7 @@ class IommufdBackend final : public Backend {
   int wake_write_fd_ = -1;
   std::thread reader_;
   std::atomic<bool> stopping_{false};
+  std::atomic<int> reader_errno_{0};  // set when the reader thread died
   std::vector<PageRequest> requests_;  // reader scratch
 
   std::function<void(const WriteRecord&)> write_observer_;

@@ -86,6 +86,11 @@ std::optional<ResponseCode> parseResponseCode(std::string_view text) {
 
 namespace {
 
+// A duration read as a double that must convert to int64 nanoseconds: finite, and under ~292 years
+// (a larger value, NaN or infinity would be undefined behaviour in the conversion).
+bool durationFits(double value, double ns_per_unit) { return value * ns_per_unit < 9.2e18 && value >= 0; }
+constexpr char kDurationTooLarge[] = "is not a finite duration under 292 years (got ";
+
 constexpr uint64_t kIovaLimit = uint64_t{1} << SoftIoPageTable::kIovaBits;
 constexpr uint32_t kMaxDevicesPerEntry = 4096;
 constexpr uint32_t kMaxDevices = 16384;
@@ -125,8 +130,11 @@ std::string dirOf(const std::string& path) {
 
 class Builder {
  public:
-  Builder(const std::string& path, const JsonLines& lines, const v1::SimScenario& pb)
-      : path_(path), lines_(lines), pb_(pb) {}
+  // (domain, chain index) -> (config JSON text, line) of "plugin:<id>" handlers.
+  using PluginConfigs = std::map<std::pair<int, int>, std::pair<std::string, int>>;
+  Builder(const std::string& path, const JsonLines& lines, const v1::SimScenario& pb,
+          PluginConfigs plugin_configs = {})
+      : path_(path), lines_(lines), pb_(pb), plugin_configs_(std::move(plugin_configs)) {}
 
   absl::StatusOr<Scenario> build() {
     Scenario s;
@@ -136,6 +144,8 @@ class Builder {
     s.seed = pb_.seed();
     if (pb_.duration_ms() < 0)
       return err("duration_ms", absl::StrCat("must be ≥ 0 (got ", fmt(pb_.duration_ms()), ")"));
+    if (!durationFits(pb_.duration_ms(), 1e6))
+      return err("duration_ms", absl::StrCat(kDurationTooLarge, fmt(pb_.duration_ms()), ")"));
     s.duration_ns = static_cast<int64_t>(pb_.duration_ms() * 1e6);
     if (absl::Status st = options(s); !st.ok()) return st;
     if (absl::Status st = domains(s); !st.ok()) return st;
@@ -162,6 +172,8 @@ class Builder {
     }
     if (r.has_idle_spin_us()) {
       if (r.idle_spin_us() < 0) return err("router.idle_spin_us", "must be ≥ 0");
+      if (!durationFits(r.idle_spin_us(), 1e3))
+        return err("router.idle_spin_us", absl::StrCat(kDurationTooLarge, fmt(r.idle_spin_us()), ")"));
       s.router_idle_spin_ns = static_cast<int64_t>(r.idle_spin_us() * 1e3);
     }
     s.shards = r.shards();
@@ -174,6 +186,8 @@ class Builder {
       return err("backend.max_batch", absl::StrCat(b.max_batch(), " is out of range (0..65536)"));
     if (b.has_idle_spin_us()) {
       if (b.idle_spin_us() < 0) return err("backend.idle_spin_us", "must be ≥ 0");
+      if (!durationFits(b.idle_spin_us(), 1e3))
+        return err("backend.idle_spin_us", absl::StrCat(kDurationTooLarge, fmt(b.idle_spin_us()), ")"));
       s.backend_idle_spin_ns = static_cast<int64_t>(b.idle_spin_us() * 1e3);
     }
     s.feeders = std::max(1u, b.feeders());
@@ -207,6 +221,8 @@ class Builder {
       }
       if (d.deadline_ms() < 0)
         return err(p + ".deadline_ms", absl::StrCat("must be > 0 (got ", fmt(d.deadline_ms()), ")"));
+      if (!durationFits(d.deadline_ms(), 1e6))
+        return err(p + ".deadline_ms", absl::StrCat(kDurationTooLarge, fmt(d.deadline_ms()), ")"));
       out.spec.deadline_ns = d.deadline_ms() == 0
                                  ? 1'000'000'000
                                  : std::max<int64_t>(1, static_cast<int64_t>(d.deadline_ms() * 1e6));
@@ -264,7 +280,24 @@ class Builder {
           code_text = name.substr(6);
           name = "fixed";
         }
-        if (name == "sim_resolver") {
+        const auto plugin_config = plugin_configs_.find({i, k});
+        if (plugin_config != plugin_configs_.end() && !absl::StartsWith(name, "plugin:")) {
+          return err(hp + ".config", "applies to plugin handlers (\"plugin:<id>\") only");
+        }
+        if (absl::StartsWith(name, "plugin:")) {
+          spec.kind = HandlerSpec::Kind::kPlugin;
+          spec.plugin = name.substr(7);
+          const bool valid_id = !spec.plugin.empty() &&
+              std::all_of(spec.plugin.begin(), spec.plugin.end(), [](char c) {
+                return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+              });
+          if (!valid_id) return err(hp + ".name", absl::StrCat("'", name, "': a plugin id is [a-z0-9_]+"));
+          spec.config_source = absl::StrCat(path_, ":", lines_.lineOf(hp + ".name"));
+          if (plugin_config != plugin_configs_.end()) {
+            spec.config_json = plugin_config->second.first;
+            spec.config_source = absl::StrCat(path_, ":", plugin_config->second.second);
+          }
+        } else if (name == "sim_resolver") {
           spec.kind = HandlerSpec::Kind::kResolver;
         } else if (name == "fixed") {
           spec.kind = HandlerSpec::Kind::kFixed;
@@ -279,6 +312,8 @@ class Builder {
           if (h.has_delay_us()) {
             if (h.delay_us() < 0)
               return err(hp + ".delay_us", absl::StrCat("must be ≥ 0 (got ", fmt(h.delay_us()), ")"));
+            if (!durationFits(h.delay_us(), 1e3))
+              return err(hp + ".delay_us", absl::StrCat(kDurationTooLarge, fmt(h.delay_us()), ")"));
             spec.delay_ns = static_cast<int64_t>(h.delay_us() * 1e3);
           }
         } else if (name == "sim_hold") {
@@ -288,7 +323,8 @@ class Builder {
         } else {
           return err(hp + ".name",
                      absl::StrCat("unknown handler '", h.name(),
-                                  "' (built-in: sim_resolver, fixed:<CODE>, sim_guest, sim_hold)"));
+                                  "' (built-in: sim_resolver, fixed:<CODE>, sim_guest, sim_hold; "
+                                  "plugins: plugin:<id>)"));
         }
         if (spec.kind != HandlerSpec::Kind::kFixed && !code_text.empty()) {
           return err(hp + ".code", "applies to fixed handlers only");
@@ -345,6 +381,9 @@ class Builder {
       return err(p + ".pri_reenable_after_ms",
                  absl::StrCat("must be ≥ 0 (got ", fmt(d.pri_reenable_after_ms()), ")"));
     }
+    if (!durationFits(d.pri_reenable_after_ms(), 1e6)) {
+      return err(p + ".pri_reenable_after_ms", absl::StrCat(kDurationTooLarge, fmt(d.pri_reenable_after_ms()), ")"));
+    }
     cfg.pri_reenable_after_ns = static_cast<int64_t>(d.pri_reenable_after_ms() * 1e6);
     return absl::OkStatus();
   }
@@ -387,6 +426,7 @@ class Builder {
     out.replay_speed = w.speed() == 0 ? 1.0 : w.speed();
     out.replay_loop = w.loop();
     out.max_groups = w.max_groups();
+    if (w.skip_mapped()) return err(p + ".skip_mapped", "applies to synthetic workloads only");
     return absl::OkStatus();
   }
 
@@ -466,6 +506,7 @@ class Builder {
       if (w.hot_pages() != 0) return err(p + ".hot_pages", "applies to zipf workloads only");
     }
     out.max_groups = w.max_groups();
+    out.skip_mapped = w.skip_mapped();
     return absl::OkStatus();
   }
 
@@ -674,8 +715,12 @@ class Builder {
                                              " one of ", absl::StrJoin(names, ", ")));
       }
       if (in.at_ms() < 0) return err(p + ".at_ms", absl::StrCat("must be ≥ 0 (got ", fmt(in.at_ms()), ")"));
+      if (!durationFits(in.at_ms(), 1e6))
+        return err(p + ".at_ms", absl::StrCat(kDurationTooLarge, fmt(in.at_ms()), ")"));
       if (in.every_ms() < 0)
         return err(p + ".every_ms", absl::StrCat("must be ≥ 0 (got ", fmt(in.every_ms()), ")"));
+      if (!durationFits(in.every_ms(), 1e6))
+        return err(p + ".every_ms", absl::StrCat(kDurationTooLarge, fmt(in.every_ms()), ")"));
       if (in.repeat() != 0 && in.every_ms() == 0) return err(p + ".repeat", "needs every_ms > 0");
       if (in.count() != 0 && *kind != InjectionKind::kBurst)
         return err(p + ".count", "applies to burst only");
@@ -710,6 +755,7 @@ class Builder {
   const std::string& path_;
   const JsonLines& lines_;
   const v1::SimScenario& pb_;
+  const PluginConfigs plugin_configs_;
   std::vector<std::string> origin_;  // per expanded device: the entry it came from
   std::map<std::string, std::vector<CapturedDevice>> captures_;
   std::map<std::pair<uint32_t, double>, std::shared_ptr<const ZipfTable>> zipf_;
@@ -717,13 +763,107 @@ class Builder {
 
 }  // namespace
 
+namespace {
+
+void appendJsonString(std::string& out, const std::string& text) {
+  out.push_back('"');
+  for (char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrFormat("\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+        } else {
+          out.push_back(c);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+// A parsed value back to JSON text (a plugin's config is handed on as text).
+void appendJson(std::string& out, const JsonValue& v) {
+  switch (v.kind) {
+    case JsonValue::Kind::kNull: out += "null"; break;
+    case JsonValue::Kind::kBool: out += v.boolean ? "true" : "false"; break;
+    case JsonValue::Kind::kNumber: out += v.text; break;
+    case JsonValue::Kind::kString: appendJsonString(out, v.text); break;
+    case JsonValue::Kind::kArray:
+      out.push_back('[');
+      for (size_t i = 0; i < v.values.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        appendJson(out, v.values[i]);
+      }
+      out.push_back(']');
+      break;
+    case JsonValue::Kind::kObject:
+      out.push_back('{');
+      for (size_t i = 0; i < v.values.size(); ++i) {
+        if (i > 0) out.push_back(',');
+        appendJsonString(out, v.keys[i]);
+        out.push_back(':');
+        appendJson(out, v.values[i]);
+      }
+      out.push_back('}');
+      break;
+  }
+}
+
+JsonValue* member(JsonValue& object, std::string_view key) {
+  if (object.kind != JsonValue::Kind::kObject) return nullptr;
+  for (size_t i = 0; i < object.keys.size(); ++i) {
+    if (object.keys[i] == key) return &object.values[i];
+  }
+  return nullptr;
+}
+
+// Takes the `config` objects out of domains[i].chain[k] (plugin handler configs are opaque to the
+// scenario schema) and returns them as JSON text with their line.
+absl::StatusOr<std::map<std::pair<int, int>, std::pair<std::string, int>>> extractPluginConfigs(
+    JsonValue& doc, const std::string& path) {
+  std::map<std::pair<int, int>, std::pair<std::string, int>> out;
+  JsonValue* domains = member(doc, "domains");
+  if (domains == nullptr || domains->kind != JsonValue::Kind::kArray) return out;
+  for (size_t i = 0; i < domains->values.size(); ++i) {
+    JsonValue* chain = member(domains->values[i], "chain");
+    if (chain == nullptr || chain->kind != JsonValue::Kind::kArray) continue;
+    for (size_t k = 0; k < chain->values.size(); ++k) {
+      JsonValue& h = chain->values[k];
+      if (h.kind != JsonValue::Kind::kObject) continue;
+      for (size_t m = 0; m < h.keys.size(); ++m) {
+        if (h.keys[m] != "config") continue;
+        const JsonValue& c = h.values[m];
+        if (c.kind != JsonValue::Kind::kObject) {
+          return absl::InvalidArgumentError(absl::StrCat(path, ":", c.line, ": domains[", i, "].chain[", k,
+                                                         "].config: must be an object (the plugin's config)"));
+        }
+        std::string text;
+        appendJson(text, c);
+        out[{static_cast<int>(i), static_cast<int>(k)}] = {std::move(text), c.line};
+        h.keys.erase(h.keys.begin() + static_cast<std::ptrdiff_t>(m));
+        h.values.erase(h.values.begin() + static_cast<std::ptrdiff_t>(m));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<Scenario> parseScenario(std::string_view json, const std::string& path) {
   auto doc = parseJson(json, path);
   if (!doc.ok()) return doc.status();
+  auto plugin_configs = extractPluginConfigs(*doc, path);
+  if (!plugin_configs.ok()) return plugin_configs.status();
   v1::SimScenario pb;
   JsonLines lines;
   if (absl::Status st = fillMessage(*doc, pb, path, lines); !st.ok()) return st;
-  return Builder(path, lines, pb).build();
+  return Builder(path, lines, pb, std::move(*plugin_configs)).build();
 }
 
 absl::StatusOr<Scenario> loadScenario(const std::string& path) {

@@ -20,10 +20,13 @@
 namespace iopf::sim {
 
 struct HandlerSpec {
-  enum class Kind : uint8_t { kResolver = 0, kFixed = 1, kGuest = 2, kHold = 3 };
+  enum class Kind : uint8_t { kResolver = 0, kFixed = 1, kGuest = 2, kHold = 3, kPlugin = 4 };
   Kind kind = Kind::kResolver;
   ResponseCode code = ResponseCode::kInvalid;  // kFixed
   int64_t delay_ns = 50'000;                   // kGuest
+  std::string plugin;                          // kPlugin: the plugin id ("plugin:<id>")
+  std::string config_json = "{}";              // kPlugin: the handler's config, JSON text
+  std::string config_source;                   // kPlugin: "FILE:LINE" of the config, for errors
 };
 
 struct ScenarioDomain {

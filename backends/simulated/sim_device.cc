@@ -278,11 +278,23 @@ bool SimDevice::stageNewGroup(bool force_two) {
     if (force_two && size < 2) size = 2;
   }
   staged_.clear();
-  for (uint32_t i = 0; i < size; ++i) {
+  // skip_mapped: the device translates first; accesses its page table allows complete at once
+  // (bounded, so a fully mapped range ends the pass instead of spinning).
+  const SoftIoPageTable* table =
+      w.skip_mapped ? translation(has_pasid ? std::optional<uint32_t>(pasid) : std::nullopt) : nullptr;
+  uint32_t skipped = 0;
+  for (uint32_t i = 0; i < size;) {
     const uint64_t addr = stream_.next(rng_);
     const uint8_t p = (w.write_ratio > 0 && rng_.unit() < w.write_ratio) ? perm::kWrite : perm::kRead;
+    if (table != nullptr && table->allows(addr, p)) {
+      bump(Counter::kCompletedAccesses);
+      if (++skipped >= 4096) break;
+      continue;
+    }
     staged_.push_back(Access{addr, p, 0, kNil});
+    ++i;
   }
+  if (staged_.empty()) return false;
   staged_has_pasid_ = has_pasid;
   staged_pasid_ = pasid;
   ++groups_generated_;

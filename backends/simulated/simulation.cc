@@ -84,6 +84,17 @@ absl::Status Simulation::build() {
         case HandlerSpec::Kind::kHold:
           chain.push_back(std::make_shared<SimHold>());
           break;
+        case HandlerSpec::Kind::kPlugin: {
+          if (!options_.plugin_handler) {
+            return absl::FailedPreconditionError(
+                absl::StrCat(h.config_source, ": domain '", d.spec.name, "': plugin handler '", h.plugin,
+                             "' needs a plugin host, which this tool does not provide"));
+          }
+          auto handler = options_.plugin_handler(*router_, *id, h);
+          if (!handler.ok()) return handler.status();
+          chain.push_back(std::move(*handler));
+          break;
+        }
       }
       handlers_.push_back(chain.back());
     }

@@ -3,6 +3,7 @@
 // Used by the tests, `iopf-bench sim`, `iopf-sim` and the demo.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -29,6 +30,12 @@ struct SimulationOptions {
   // completion after each of its passes (Router manual mode on the I/O thread). One thread carries
   // a request from the device to its response: no hand-off latency, one core's throughput.
   bool run_to_completion = false;
+  // Builds the handler of a "plugin:<id>" chain entry (the tool owns the plugin host). Called
+  // during create(), after the domain was added to the router and before any attachment. Unset:
+  // a scenario with a plugin handler is refused.
+  std::function<absl::StatusOr<std::shared_ptr<Handler>>(Router& router, DomainId domain,
+                                                          const HandlerSpec& handler)>
+      plugin_handler;
 };
 
 class Simulation {

@@ -86,6 +86,7 @@ struct WorkloadConfig {
   double replay_speed = 1.0;
   bool replay_loop = false;
   uint64_t max_groups = 0;  // 0: unlimited
+  bool skip_mapped = false;  // synthetic: accesses the page table allows complete without a fault
 };
 
 // Address stream of the synthetic workloads. A value type owned by its device's thread.

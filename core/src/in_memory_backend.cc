@@ -13,6 +13,16 @@ void InMemoryBackend::stop() {
   stopped_ = true;
 }
 
+absl::Status InMemoryBackend::health() const {
+  std::lock_guard lk(mu_);
+  return health_;
+}
+
+void InMemoryBackend::setHealth(absl::Status status) {
+  std::lock_guard lk(mu_);
+  health_ = std::move(status);
+}
+
 bool InMemoryBackend::stopped() const {
   std::lock_guard lk(mu_);
   return stopped_;

@@ -84,6 +84,15 @@ double ticksPerNs() {
 // ---------------------------------------------------------------------------------------------
 // services
 
+namespace {
+// Writes up to `capacity` ids of `items` (anything with an `id`); returns how many there are.
+template <typename Items>
+uint32_t copyIds(const Items& items, uint32_t* ids, uint32_t capacity) {
+  for (uint32_t i = 0; i < items.size() && i < capacity; ++i) ids[i] = items[i].id;
+  return static_cast<uint32_t>(items.size());
+}
+}  // namespace
+
 void PluginServices::detachRouter() {
   std::unique_lock lk(mu_);
   router_ = nullptr;
@@ -109,6 +118,9 @@ bool PluginServices::device(uint32_t id, iopf_plugin_device_info& out) const {
     out.flags = static_cast<uint8_t>((d.spec.needs_pasid ? IOPF_DEVICE_NEEDS_PASID : 0) |
                                      (d.spec.stall_model ? IOPF_DEVICE_STALL_MODEL : 0) |
                                      (d.removed ? IOPF_DEVICE_REMOVED : 0));
+    for (const BackendInfo& b : router_->backends()) {
+      if (b.id == d.backend && b.capabilities.can_map) out.flags |= IOPF_DEVICE_CAN_MAP;
+    }
     copyName(out.name, sizeof out.name, d.spec.name);
     copyName(out.backend_name, sizeof out.backend_name, d.backend_name);
     return true;
@@ -118,10 +130,7 @@ bool PluginServices::device(uint32_t id, iopf_plugin_device_info& out) const {
 
 uint32_t PluginServices::listDevices(uint32_t* ids, uint32_t capacity) const {
   std::shared_lock lk(mu_);
-  if (router_ == nullptr) return 0;
-  const auto devices = router_->devices();
-  for (uint32_t i = 0; i < devices.size() && i < capacity; ++i) ids[i] = devices[i].id;
-  return static_cast<uint32_t>(devices.size());
+  return router_ == nullptr ? 0 : copyIds(router_->devices(), ids, capacity);
 }
 
 bool PluginServices::domain(uint32_t id, iopf_plugin_domain_info& out) const {
@@ -140,16 +149,38 @@ bool PluginServices::domain(uint32_t id, iopf_plugin_domain_info& out) const {
 
 uint32_t PluginServices::listDomains(uint32_t* ids, uint32_t capacity) const {
   std::shared_lock lk(mu_);
-  if (router_ == nullptr) return 0;
-  const auto domains = router_->domains();
-  for (uint32_t i = 0; i < domains.size() && i < capacity; ++i) ids[i] = domains[i].id;
-  return static_cast<uint32_t>(domains.size());
+  return router_ == nullptr ? 0 : copyIds(router_->domains(), ids, capacity);
 }
 
 std::string PluginServices::handlerName(uint32_t id) const {
   std::shared_lock lk(mu_);
   if (router_ == nullptr || id > UINT16_MAX) return {};
   return router_->handlerName(static_cast<uint16_t>(id));
+}
+
+uint32_t PluginServices::listBackends(uint32_t* ids, uint32_t capacity) const {
+  std::shared_lock lk(mu_);
+  return router_ == nullptr ? 0 : copyIds(router_->backends(), ids, capacity);
+}
+
+bool PluginServices::backend(uint32_t id, iopf_plugin_backend_info& out) const {
+  std::shared_lock lk(mu_);
+  if (router_ == nullptr) return false;
+  for (const BackendInfo& b : router_->backends()) {
+    if (b.id != id) continue;
+    out.backend = b.id;
+    out.flags = (b.capabilities.can_map ? IOPF_BACKEND_CAN_MAP : 0u) |
+                (b.capabilities.whole_groups ? IOPF_BACKEND_WHOLE_GROUPS : 0u);
+    copyName(out.name, sizeof out.name, b.name);
+    return true;
+  }
+  return false;
+}
+
+absl::Status PluginServices::map(const MapRequest& request) const {
+  std::shared_lock lk(mu_);
+  if (router_ == nullptr) return absl::FailedPreconditionError("map: the plugin host has shut down");
+  return router_->map(request);
 }
 
 std::string PluginServices::domainName(uint32_t id) const {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "iopf/backend.h"
 #include "iopf/handler.h"
 #include "iopf/plugin_abi.h"
 #include "iopf/plugin_host.h"
@@ -37,6 +38,10 @@ class PluginServices {
   uint32_t listDomains(uint32_t* ids, uint32_t capacity) const;
   std::string handlerName(uint32_t id) const;
   std::string domainName(uint32_t id) const;
+  uint32_t listBackends(uint32_t* ids, uint32_t capacity) const;
+  bool backend(uint32_t id, iopf_plugin_backend_info& out) const;
+  // Router::map; FAILED_PRECONDITION once the router is detached.
+  absl::Status map(const MapRequest& request) const;
 
  private:
   mutable std::shared_mutex mu_;

@@ -39,7 +39,7 @@ namespace {
 
 // The hash of every ABI minor this host supports, index = minor. When IOPF_PLUGIN_ABI_MINOR is
 // bumped, the previous entry MUST become the literal hash that minor had.
-constexpr uint64_t kAbiHashByMinor[] = {IOPF_PLUGIN_ABI_HASH};
+constexpr uint64_t kAbiHashByMinor[] = {UINT64_C(0x3fd1ed302b5a5a01), IOPF_PLUGIN_ABI_HASH};
 static_assert(std::size(kAbiHashByMinor) == IOPF_PLUGIN_ABI_MINOR + 1,
               "record the ABI hash of every supported minor in kAbiHashByMinor");
 
@@ -67,6 +67,7 @@ static_assert(offsetof(iopf_plugin_event, origin) == offsetof(Event, origin));
 static_assert(offsetof(iopf_plugin_event, verdict) == offsetof(Event, verdict));
 static_assert(offsetof(iopf_plugin_event, handler) == offsetof(Event, handler));
 static_assert(IOPF_EVENT_CHAIN_CHANGED == static_cast<unsigned>(EventType::kChainChanged));
+static_assert(IOPF_EVENT_DOMAIN_RESUMED == static_cast<unsigned>(EventType::kDomainResumed));
 static_assert(IOPF_EVENT_PASID_VALID == event_flag::kPasidValid &&
               IOPF_EVENT_LAST == event_flag::kLast && IOPF_EVENT_COOKIE_VALID == event_flag::kCookieValid);
 static_assert(IOPF_PERM_READ == perm::kRead && IOPF_PERM_WRITE == perm::kWrite &&
@@ -130,17 +131,24 @@ void fillPrefix(Info* out, const Info& full) {
   std::memcpy(static_cast<void*>(out), &full, std::min<size_t>(size, sizeof full));
   out->struct_size = size;
 }
-int32_t apiDeviceInfo(void* ctx, uint32_t device, iopf_plugin_device_info* out) {
+// The *_info trampolines: check the caller's struct, fill a full one, copy what the caller holds.
+template <typename Info, typename Lookup>
+int32_t fillInfo(Info* out, Lookup&& lookup) {
   if (out == nullptr || out->struct_size < sizeof(uint32_t) * 2) return 0;
   try {
-    iopf_plugin_device_info full{};
+    Info full{};
     full.struct_size = sizeof full;
-    if (!ctxOf(ctx).services->device(device, full)) return 0;
+    if (!lookup(full)) return 0;
     fillPrefix(out, full);
     return 1;
   } catch (...) {
     return 0;
   }
+}
+int32_t apiDeviceInfo(void* ctx, uint32_t device, iopf_plugin_device_info* out) {
+  return fillInfo(out, [&](iopf_plugin_device_info& full) {
+    return ctxOf(ctx).services->device(device, full);
+  });
 }
 uint32_t apiListDevices(void* ctx, uint32_t* ids, uint32_t capacity) {
   try {
@@ -150,16 +158,9 @@ uint32_t apiListDevices(void* ctx, uint32_t* ids, uint32_t capacity) {
   }
 }
 int32_t apiDomainInfo(void* ctx, uint32_t domain, iopf_plugin_domain_info* out) {
-  if (out == nullptr || out->struct_size < sizeof(uint32_t) * 2) return 0;
-  try {
-    iopf_plugin_domain_info full{};
-    full.struct_size = sizeof full;
-    if (!ctxOf(ctx).services->domain(domain, full)) return 0;
-    fillPrefix(out, full);
-    return 1;
-  } catch (...) {
-    return 0;
-  }
+  return fillInfo(out, [&](iopf_plugin_domain_info& full) {
+    return ctxOf(ctx).services->domain(domain, full);
+  });
 }
 uint32_t apiListDomains(void* ctx, uint32_t* ids, uint32_t capacity) {
   try {
@@ -179,6 +180,49 @@ size_t apiHandlerName(void* ctx, uint32_t handler, char* buffer, size_t capacity
     return name.size();
   } catch (...) {
     return 0;
+  }
+}
+
+uint32_t apiListBackends(void* ctx, uint32_t* ids, uint32_t capacity) {
+  try {
+    return ctxOf(ctx).services->listBackends(ids, ids == nullptr ? 0 : capacity);
+  } catch (...) {
+    return 0;
+  }
+}
+int32_t apiBackendInfo(void* ctx, uint32_t backend, iopf_plugin_backend_info* out) {
+  return fillInfo(out, [&](iopf_plugin_backend_info& full) {
+    return ctxOf(ctx).services->backend(backend, full);
+  });
+}
+int32_t apiMap(void* ctx, const iopf_plugin_map_request* request, char* error, size_t capacity) {
+  auto fail = [&](std::string_view why) {
+    if (error != nullptr && capacity > 0) {
+      const size_t n = std::min(why.size(), capacity - 1);
+      std::memcpy(error, why.data(), n);
+      error[n] = '\0';
+    }
+    return 0;
+  };
+  if (request == nullptr || request->struct_size < sizeof(iopf_plugin_map_request)) {
+    return fail("map: no request, or a request struct smaller than ABI 1.1's");
+  }
+  try {
+    MapRequest m;
+    m.domain = request->domain;
+    m.device = request->device;
+    if (request->flags & IOPF_MAP_PASID_VALID) m.pasid = request->pasid;
+    m.iova = request->iova;
+    m.length = request->length;
+    m.source_va = request->source_va;
+    m.perm = request->perm;
+    const absl::Status st = ctxOf(ctx).services->map(m);
+    if (st.ok()) return 1;
+    return fail(std::string(st.message()));
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  } catch (...) {
+    return fail("map threw");
   }
 }
 
@@ -523,6 +567,9 @@ absl::Status PluginHost::Impl::loadCandidate(const PluginCandidate& c, std::stri
   p->api.domain_info = &apiDomainInfo;
   p->api.list_domains = &apiListDomains;
   p->api.handler_name = &apiHandlerName;
+  p->api.list_backends = &apiListBackends;
+  p->api.backend_info = &apiBackendInfo;
+  p->api.map = &apiMap;
 
   char error[1024] = {0};
   const std::string json(config.empty() ? std::string_view("{}") : config);

@@ -46,6 +46,8 @@ std::string_view toString(EventType type) {
     case EventType::kRequestDropped: return "request_dropped";
     case EventType::kDomainRemoved: return "domain_removed";
     case EventType::kChainChanged: return "chain_changed";
+    case EventType::kDomainPaused: return "domain_paused";
+    case EventType::kDomainResumed: return "domain_resumed";
   }
   return "unknown";
 }
@@ -508,6 +510,29 @@ absl::Status Router::setChain(DomainId domain, std::vector<std::shared_ptr<Handl
   return absl::OkStatus();
 }
 
+absl::StatusOr<Router::PauseResult> Router::setDomainPaused(DomainId domain, bool paused) {
+  DomainState* dom = impl_->domain(domain);
+  if (dom == nullptr || dom->removed.load()) return absl::NotFoundError(absl::StrCat("no domain ", domain));
+  detail::Shard& shard = *impl_->shards[dom->shard];
+  PauseResult result;
+  result.was_paused = dom->paused.exchange(paused, std::memory_order_acq_rel);
+  shard.forEachOpen([&](const detail::Group& g) {
+    if (g.domain == domain &&
+        g.state.load(std::memory_order_relaxed) == static_cast<uint8_t>(GroupState::kQueued)) {
+      ++result.waiting_groups;
+    }
+  });
+  if (result.was_paused == paused) return result;
+  Event e;
+  e.type = paused ? EventType::kDomainPaused : EventType::kDomainResumed;
+  e.time_ns = impl_->now();
+  e.domain = domain;
+  e.value = result.waiting_groups;
+  impl_->bus.publish(e);
+  if (!paused) shard.requestResume();
+  return result;
+}
+
 absl::StatusOr<uint64_t> Router::attach(DeviceId device, std::optional<uint32_t> pasid,
                                         DomainId domain) {
   DeviceState* d = impl_->device(device);
@@ -790,6 +815,33 @@ StatsSnapshot Router::stats() const {
   return out;
 }
 
+absl::Status Router::map(const MapRequest& request) {
+  const DeviceState* d = impl_->device(request.device);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("map: unknown device ", request.device));
+  if (d->removed.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError(absl::StrCat("map: device ", request.device, " was removed"));
+  }
+  BackendSlot* b = impl_->backend(d->backend);
+  if (b == nullptr) {
+    return absl::NotFoundError(absl::StrCat("map: device ", request.device, " has no backend"));
+  }
+  if (!b->caps.can_map) {
+    return absl::UnimplementedError(absl::StrCat("backend '", b->name, "' of device ", request.device,
+                                                 " has no map()"));
+  }
+  return b->backend->map(request);
+}
+
+std::vector<BackendInfo> Router::backends() const {
+  std::vector<BackendInfo> out;
+  std::lock_guard lk(impl_->admin_mu);
+  for (const auto& b : impl_->backend_storage) {
+    if (b == nullptr) continue;
+    out.push_back(BackendInfo{b->id, b->name, b->caps});
+  }
+  return out;
+}
+
 std::vector<DeviceInfo> Router::devices() const {
   std::vector<DeviceInfo> out;
   std::lock_guard lk(impl_->admin_mu);
@@ -818,6 +870,7 @@ std::vector<DomainInfo> Router::domains() const {
     info.shard = d.shard;
     info.open_groups = d.openGroups();
     info.removed = d.removed.load();
+    info.paused = d.paused.load();
     {
       std::lock_guard slk(impl_->shards[d.shard]->mutex());
       if (d.chain) {

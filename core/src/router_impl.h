@@ -95,6 +95,7 @@ struct DomainState {
   DomainSpec spec;
   uint32_t shard = 0;
   std::atomic<bool> removed{false};
+  std::atomic<bool> paused{false};  // groups are held by the shard, not dispatched
   // Published chain: written under the shard mutex, version bumped after.
   std::shared_ptr<const Chain> chain;
   std::atomic<uint64_t> chain_version{0};
@@ -207,6 +208,11 @@ class Shard {
   // Finishes what is queued, then stops the thread.
   void stopThread();
   void wake();
+  // Any thread: a domain of this shard was resumed; the next pass releases its held groups.
+  void requestResume() {
+    resume_requests_.fetch_add(1, std::memory_order_release);
+    wake();
+  }
 
   HandlerCounters& handlerCounters(uint16_t handler);
   HandlerCounters* handlerCountersIfAny(uint16_t handler) const {
@@ -228,6 +234,8 @@ class Shard {
                     int64_t now, EventBatch& events);
   void flushResponses();
   const Chain* activeChain(DomainState& domain);
+  void hold(const QueuedGroup& q);
+  size_t releaseResumed(int64_t now, EventBatch& events);
 
   Router::Impl& router_;
   const uint32_t index_;
@@ -262,6 +270,12 @@ class Shard {
     int64_t at;
   };
   std::vector<Dispatched> dispatched_;
+  // Groups of paused domains, in arrival order (entries of groups completed meanwhile are dropped
+  // when the list is compacted or released).
+  std::vector<QueuedGroup> held_;
+  size_t held_compact_at_ = 1024;
+  std::atomic<uint64_t> resume_requests_{0};
+  uint64_t resume_seen_ = 0;
   DeadlineWheel wheel_;
 
   std::array<std::atomic<HandlerCounters*>, kMaxHandlers> handler_counters_{};

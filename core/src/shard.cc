@@ -1,5 +1,6 @@
 // A worker shard: owns the groups of its domains from queueing to the one response.
 #include <algorithm>
+#include <vector>
 #include <chrono>
 #include <exception>
 
@@ -194,10 +195,44 @@ void Shard::completeLocal(uint32_t slot, GroupId id, ResponseCode code, Origin o
   e.handler = handler;
 }
 
+void Shard::hold(const QueuedGroup& q) {
+  const Group& g = at(q.slot);
+  // The deadline runs while the group waits: a pause never stalls a device past its timeout.
+  if (!wheel_.scheduled(q.slot)) wheel_.schedule(q.slot, g.deadline_ns);
+  held_.push_back(q);
+  if (held_.size() >= held_compact_at_) {
+    std::erase_if(held_, [&](const QueuedGroup& h) {
+      return at(h.slot).tag.load(std::memory_order_acquire) != openTag(h.id);
+    });
+    held_compact_at_ = std::max<size_t>(1024, held_.size() * 2);
+  }
+}
+
+size_t Shard::releaseResumed(int64_t now, EventBatch& events) {
+  const uint64_t requests = resume_requests_.load(std::memory_order_acquire);
+  if (requests == resume_seen_) return 0;
+  resume_seen_ = requests;
+  size_t released = 0;
+  std::vector<QueuedGroup> still_held;
+  for (const QueuedGroup& q : held_) {
+    const Group& g = at(q.slot);
+    if (g.tag.load(std::memory_order_acquire) != openTag(q.id)) continue;  // answered meanwhile
+    const DomainState* dom = router_.domain(g.domain);
+    if (dom != nullptr && dom->paused.load(std::memory_order_acquire)) {
+      still_held.push_back(q);
+      continue;
+    }
+    dispatch(q.slot, q.id, now, events);
+    ++released;
+  }
+  held_.swap(still_held);
+  return released + 1;  // the resume itself is work (manual mode runs another pass)
+}
+
 void Shard::dispatch(uint32_t slot, GroupId id, int64_t now, EventBatch& events) {
   Group& g = at(slot);
   DomainState* dom = router_.domain(g.domain);
-  wheel_.schedule(slot, g.deadline_ns);
+  if (!wheel_.scheduled(slot)) wheel_.schedule(slot, g.deadline_ns);
   g.state.store(static_cast<uint8_t>(GroupState::kDispatched), std::memory_order_relaxed);
   dispatched_.push_back({slot, id, now});
   {
@@ -317,13 +352,21 @@ size_t Shard::runPass() {
   work += local_completions_.size();
   local_completions_.clear();
 
-  // 2. New groups, at most batch_cap per pass.
+  // 2. Groups of resumed domains, then new groups (at most batch_cap per pass); a paused domain's
+  //    groups are held.
+  work += releaseResumed(now, events);
   const size_t end = std::min(local_inbox_.size(), local_pos_ + router_.options.batch_cap);
   for (; local_pos_ < end; ++local_pos_) {
     const QueuedGroup q = local_inbox_[local_pos_];
     ++work;
     // Completed (drained) before dispatch: its completion is handled in step 1.
-    if (at(q.slot).tag.load(std::memory_order_acquire) != openTag(q.id)) continue;
+    const Group& g = at(q.slot);
+    if (g.tag.load(std::memory_order_acquire) != openTag(q.id)) continue;
+    const DomainState* dom = router_.domain(g.domain);
+    if (dom != nullptr && dom->paused.load(std::memory_order_acquire)) {
+      hold(q);
+      continue;
+    }
     dispatch(q.slot, q.id, now, events);
   }
 

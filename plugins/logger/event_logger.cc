@@ -14,10 +14,11 @@ constexpr const char* kTypeNames[] = {
     "gap",          "request",  "group_queued",        "dispatched",          "handler_verdict",
     "responded",    "timed_out", "completion_refused", "attach",              "detach",
     "device_added", "device_removed", "domain_added",  "stop_marker_dropped", "partial_discarded",
-    "protocol_error", "request_dropped", "domain_removed", "chain_changed",
+    "protocol_error", "request_dropped", "domain_removed", "chain_changed", "domain_paused",
+    "domain_resumed",
 };
 constexpr uint32_t kTypeCount = sizeof(kTypeNames) / sizeof(kTypeNames[0]);
-static_assert(kTypeCount == IOPF_EVENT_CHAIN_CHANGED + 1);
+static_assert(kTypeCount == IOPF_EVENT_DOMAIN_RESUMED + 1);
 
 constexpr const char* kCodeNames[] = {"success", "invalid", "failure"};
 constexpr const char* kOriginNames[] = {"handler",  "default",  "timeout", "detach",       "operator",

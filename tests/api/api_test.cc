@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "daemon.h"
+#include "iopf/api/health_client.h"
 #include "iopf/in_memory_backend.h"
 #include "iopf/v1/router.grpc.pb.h"
 
@@ -468,6 +469,82 @@ attachments:
   int responded = 0;
   while (std::getline(in, line)) responded += line.find("\"responded\"") != std::string::npos;
   EXPECT_EQ(responded, 2);
+}
+
+// Waits (polling, bounded) until the Router service's health is `want`.
+void expectHealth(const std::shared_ptr<grpc::Channel>& channel, api::HealthStatus want) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  absl::StatusOr<api::HealthStatus> st;
+  do {
+    st = api::checkHealth(channel);
+    if (st.ok() && *st == want) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < until);
+  FAIL() << "health never became " << api::toString(want) << ": "
+         << (st.ok() ? api::toString(*st) : std::string(st.status().message()));
+}
+
+TEST_F(ApiTest, HealthIsNotServingWhileABackendIsDown) {
+  start();
+  expectHealth(channel_, api::HealthStatus::kServing);
+  daemon_->testMemory()->setHealth(absl::UnavailableError("link lost"));
+  expectHealth(channel_, api::HealthStatus::kNotServing);
+  v1::Info info;
+  ASSERT_TRUE(stub_->GetInfo(ctx().get(), {}, &info).ok());
+  ASSERT_EQ(info.backend_status_size(), 1);
+  EXPECT_EQ(info.backend_status(0).name(), "mem");
+  EXPECT_EQ(info.backend_status(0).type(), "memory");
+  EXPECT_FALSE(info.backend_status(0).up());
+  EXPECT_EQ(info.backend_status(0).message(), "link lost");
+  // The API itself keeps answering while a backend is down.
+  v1::ListDomainsResponse domains;
+  EXPECT_TRUE(stub_->ListDomains(ctx().get(), {}, &domains).ok());
+
+  daemon_->testMemory()->setHealth(absl::OkStatus());
+  expectHealth(channel_, api::HealthStatus::kServing);
+  daemon_->drain();  // the server is gone afterwards; while it drained, health was NOT_SERVING
+  const auto after = api::checkHealth(channel_);
+  EXPECT_TRUE(!after.ok() || *after == api::HealthStatus::kNotServing);
+}
+
+TEST_F(ApiTest, PauseDomainHoldsGroupsAndResumeReleasesThem) {
+  start();
+  sink_ = daemon_->testSink();
+  v1::ListDomainsResponse domains;
+  ASSERT_TRUE(stub_->ListDomains(ctx().get(), {}, &domains).ok());
+  uint32_t fast = 0;
+  for (const auto& d : domains.domains()) {
+    if (d.name() == "fast") fast = d.id();
+  }
+  ASSERT_NE(fast, 0u);
+  v1::PauseDomainRequest pause;
+  pause.set_domain(fast);
+  pause.set_paused(true);
+  v1::PauseDomainResponse r;
+  ASSERT_TRUE(stub_->PauseDomain(ctx().get(), pause, &r).ok());
+  EXPECT_FALSE(r.was_paused());
+  deliver(2, 5);  // gpu0 → "fast" (chain: success), held by the pause
+  waitOpen(5);
+  v1::ListOutstandingResponse open;
+  ASSERT_TRUE(stub_->ListOutstanding(ctx().get(), {}, &open).ok());
+  ASSERT_EQ(open.groups_size(), 5);
+  for (const auto& g : open.groups()) EXPECT_EQ(g.state(), v1::GROUP_STATE_QUEUED);
+  ASSERT_TRUE(stub_->ListDomains(ctx().get(), {}, &domains).ok());
+  for (const auto& d : domains.domains()) EXPECT_EQ(d.paused(), d.id() == fast);
+
+  pause.set_paused(false);
+  ASSERT_TRUE(stub_->PauseDomain(ctx().get(), pause, &r).ok());
+  EXPECT_TRUE(r.was_paused());
+  EXPECT_EQ(r.waiting_groups(), 5u);
+  waitOpen(0);
+  const auto responses = daemon_->testMemory()->responses();
+  ASSERT_EQ(responses.size(), 5u);
+  for (const Response& resp : responses) {
+    EXPECT_EQ(resp.code, ResponseCode::kSuccess);
+    EXPECT_EQ(resp.origin, Origin::kHandler);
+  }
+  pause.set_domain(4242);
+  EXPECT_EQ(stub_->PauseDomain(ctx().get(), pause, &r).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(ApiTest, MutationsOverTcpNeedTheToken) {

@@ -551,6 +551,80 @@ TEST_F(RouterTest, StatsMatchWhatWasObserved) {
   EXPECT_EQ(s.handlers[0].responds, 10u);
 }
 
+TEST_F(RouterTest, PausedDomainHoldsGroupsUntilResumeInArrivalOrder) {
+  ASSERT_TRUE(router_->attach(dev_, std::nullopt, dom_).ok());
+  std::vector<uint32_t> seen;
+  setChain({std::make_shared<FnHandler>("probe", [&](const GroupView& g, const CompletionHandle&) {
+    seen.push_back(g.grpid);
+    return Verdict::respond(ResponseCode::kSuccess);
+  })});
+  auto paused = router_->setDomainPaused(dom_, true);
+  ASSERT_TRUE(paused.ok()) << paused.status();
+  EXPECT_FALSE(paused->was_paused);
+  deliver({req(1, 0x1000, true), req(2, 0x2000, true), req(3, 0x3000, true)});
+  router_->runUntilIdle();
+  EXPECT_TRUE(seen.empty());
+  EXPECT_EQ(backend_->responseCount(), 0u);
+  EXPECT_EQ(router_->openGroups(), 3u);
+  for (const GroupInfo& g : router_->outstanding()) EXPECT_EQ(g.state, GroupState::kQueued);
+  EXPECT_TRUE(router_->domains()[0].paused);
+
+  auto resumed = router_->setDomainPaused(dom_, false);
+  ASSERT_TRUE(resumed.ok());
+  EXPECT_TRUE(resumed->was_paused);
+  EXPECT_EQ(resumed->waiting_groups, 3u);
+  router_->runUntilIdle();
+  EXPECT_EQ(seen, (std::vector<uint32_t>{1, 2, 3}));
+  EXPECT_EQ(backend_->responseCount(), 3u);
+  EXPECT_EQ(router_->openGroups(), 0u);
+
+  std::vector<EventType> pause_events;
+  for (const Event& e : allEvents()) {
+    if (e.type == EventType::kDomainPaused || e.type == EventType::kDomainResumed) {
+      pause_events.push_back(e.type);
+      EXPECT_EQ(e.domain, dom_);
+    }
+  }
+  EXPECT_EQ(pause_events, (std::vector<EventType>{EventType::kDomainPaused, EventType::kDomainResumed}));
+  EXPECT_EQ(router_->setDomainPaused(999, true).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(RouterTest, HeldGroupsStillTimeOutAndAreDrainedByDetachAndOperator) {
+  ASSERT_TRUE(router_->attach(dev_, std::nullopt, dom_).ok());
+  int calls = 0;
+  setChain({std::make_shared<FnHandler>("probe", [&](const GroupView&, const CompletionHandle&) {
+    ++calls;
+    return Verdict::respond(ResponseCode::kSuccess);
+  })});
+  ASSERT_TRUE(router_->setDomainPaused(dom_, true).ok());
+  deliver({req(1, 0x1000, true)});
+  router_->runUntilIdle();
+  clock_.advance(11 * kMs);  // past the 10 ms deadline: the pause does not stall the device
+  deliver({req(2, 0x2000, true), req(3, 0x3000, true)});
+  router_->runUntilIdle();
+  auto rs = backend_->responses();
+  ASSERT_EQ(rs.size(), 1u);
+  EXPECT_EQ(rs[0].grpid, 1u);
+  EXPECT_EQ(rs[0].origin, Origin::kTimeout);
+
+  const auto open = router_->outstanding();
+  ASSERT_EQ(open.size(), 2u);
+  ASSERT_TRUE(router_->respond(open[0].id, ResponseCode::kSuccess).ok());
+  router_->runUntilIdle();
+  ASSERT_TRUE(router_->detach(dev_, std::nullopt).ok());
+  router_->runUntilIdle();
+  rs = backend_->responses();
+  ASSERT_EQ(rs.size(), 3u);
+  EXPECT_EQ(rs[1].origin, Origin::kOperator);
+  EXPECT_EQ(rs[2].origin, Origin::kDetach);
+  // Resuming releases nothing: every held group was answered exactly once already.
+  ASSERT_TRUE(router_->setDomainPaused(dom_, false).ok());
+  router_->runUntilIdle();
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(backend_->responseCount(), 3u);
+  EXPECT_EQ(router_->openGroups(), 0u);
+}
+
 TEST_F(RouterTest, RequestsOfUnknownDevicesAreDroppedAndCounted) {
   PageRequest r = req(1, 0, true);
   r.device = 777;
@@ -576,6 +650,9 @@ TEST(RouterThreaded, TwoShardsAnswerEveryGroupOnce) {
   DomainSpec a, b;
   a.name = "a";
   b.name = "b";
+  // Far deadlines: this test is about exactly-once under races, not timeouts (a loaded TSan run
+  // can take longer than the default second to hand a deferred group to the completer).
+  a.deadline_ns = b.deadline_ns = 60'000'000'000;
   const DomainId da = *router.addDomain(a), db = *router.addDomain(b);
   std::mutex mu;
   std::vector<CompletionHandle> deferred;

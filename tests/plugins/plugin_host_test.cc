@@ -35,13 +35,13 @@ std::string hostHash() { return absl::StrFormat("%016x", IOPF_PLUGIN_ABI_HASH); 
 
 std::string oldAbiMessage(const std::string& file) {
   return "plugin 'old_abi' (" + file +
-         "): built for plugin ABI 0.7, this host implements ABI 1.0: the major version must be "
+         "): built for plugin ABI 0.7, this host implements ABI 1.1: the major version must be "
          "equal; rebuild the plugin against this host's SDK";
 }
 std::string badHashMessage(const std::string& file) {
   return "plugin 'bad_hash' (" + file +
-         "): built for plugin ABI 1.0 with ABI hash 0123456789abcdef, this host implements ABI 1.0 "
-         "and expects hash " + hostHash() + " for 1.0: the plugin was built against a different plugin_abi.h";
+         "): built for plugin ABI 1.1 with ABI hash 0123456789abcdef, this host implements ABI 1.1 "
+         "and expects hash " + hostHash() + " for 1.1: the plugin was built against a different plugin_abi.h";
 }
 
 bool mapped(const std::string& library) {
@@ -74,16 +74,22 @@ TEST(PluginAbi, MajorMinorAndHashRulesNameThePluginTheFileAndBothVersions) {
   absl::Status s = checkPluginAbi("p", "/x/p.so", {2, 0, host.hash});
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(s.message(),
-            "plugin 'p' (/x/p.so): built for plugin ABI 2.0, this host implements ABI 1.0: the major "
+            "plugin 'p' (/x/p.so): built for plugin ABI 2.0, this host implements ABI 1.1: the major "
             "version must be equal; rebuild the plugin against this host's SDK");
   s = checkPluginAbi("p", "/x/p.so", {1, 3, host.hash});
   EXPECT_EQ(s.message(),
-            "plugin 'p' (/x/p.so): built for plugin ABI 1.3, this host implements ABI 1.0: the plugin "
-            "needs a newer host (its minor 3 > the host's 0)");
-  s = checkPluginAbi("p", "/x/p.so", {1, 0, 0x42});
-  EXPECT_EQ(s.message(), "plugin 'p' (/x/p.so): built for plugin ABI 1.0 with ABI hash 0000000000000042, "
-                         "this host implements ABI 1.0 and expects hash " + hostHash() +
-                         " for 1.0: the plugin was built against a different plugin_abi.h");
+            "plugin 'p' (/x/p.so): built for plugin ABI 1.3, this host implements ABI 1.1: the plugin "
+            "needs a newer host (its minor 3 > the host's 1)");
+  s = checkPluginAbi("p", "/x/p.so", {1, 1, 0x42});
+  EXPECT_EQ(s.message(), "plugin 'p' (/x/p.so): built for plugin ABI 1.1 with ABI hash 0000000000000042, "
+                         "this host implements ABI 1.1 and expects hash " + hostHash() +
+                         " for 1.1: the plugin was built against a different plugin_abi.h");
+  // A plugin built against ABI 1.0 (before map() and the backend lookups) still loads.
+  EXPECT_TRUE(checkPluginAbi("p", "/x/p.so", {1, 0, 0x3fd1ed302b5a5a01}).ok());
+  s = checkPluginAbi("p", "/x/p.so", {1, 0, host.hash});
+  EXPECT_EQ(s.message(), "plugin 'p' (/x/p.so): built for plugin ABI 1.0 with ABI hash " + hostHash() +
+                         ", this host implements ABI 1.1 and expects hash 3fd1ed302b5a5a01 for 1.0: the "
+                         "plugin was built against a different plugin_abi.h");
 }
 
 TEST(PluginDiscovery, ReadsEverySidecarWithoutLoadingCode) {
@@ -150,7 +156,7 @@ TEST(PluginLoad, TheLibrarysOwnDescriptorIsCheckedAfterLoading) {
   TempDir dir;
   const std::string lib = copyPlugin(kOldAbi, dir.path());
   std::string json = readFile(dir.file("old_abi.json"));
-  json.replace(json.find("\"major\": 0, \"minor\": 7"), 22, "\"major\": 1, \"minor\": 0");
+  json.replace(json.find("\"major\": 0, \"minor\": 7"), 22, "\"major\": 1, \"minor\": 1");
   json.replace(json.find("\"hash\": \""), 9 + 16, "\"hash\": \"" + hostHash());
   writeFile(dir.file("old_abi.json"), json);
   Reports reports;
@@ -274,7 +280,7 @@ TEST(PluginLifecycle, InitCreatePostInitDestroyShutdownInOrder) {
             (std::vector<std::string>{"init", "create domain=1 name=host", "post_init", "destroy domain=1",
                                       "shutdown"}));
   EXPECT_EQ(reports.messages(PluginReportKind::kLoaded),
-            std::vector<std::string>{"plugin 'good' 1.2.3 loaded from " + kGood + " (ABI 1.0)"});
+            std::vector<std::string>{"plugin 'good' 1.2.3 loaded from " + kGood + " (ABI 1.1)"});
   EXPECT_EQ(host.status("good")->state, PluginState::kShutDown);
   // A handler still held by a chain after shutdown passes groups on and never reaches the plugin.
   GroupView view;

@@ -9,6 +9,9 @@ int runCore(const Args& args);
 #ifdef IOPF_BENCH_SOCKET
 int runSocket(const Args& args);
 #endif
+#ifdef IOPF_BENCH_FORWARDER
+int runForwarder(const Args& args);
+#endif
 #ifdef IOPF_BENCH_SIM
 int runSim(const Args& args);
 #endif

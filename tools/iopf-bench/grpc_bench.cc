@@ -35,7 +35,7 @@ struct WatchResult {
   uint64_t messages = 0;
 };
 
-WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch) {
+WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch, double cpu_cores) {
   NullControl control;
   std::unique_ptr<api::RouterService> service;
   std::unique_ptr<api::ApiServer> server;
@@ -53,6 +53,7 @@ WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch
     if (watchers == 0) return;
     api::ServiceOptions so;
     so.recent_groups = 0;  // no history reader: measure the watchers alone
+    so.watch_cpu_cores = cpu_cores;
     service = std::make_unique<api::RouterService>(router, control, so);
     api::ServerOptions sv;
     sv.listen = {addr};
@@ -126,22 +127,30 @@ int runGrpc(const Args& args) {
   const auto max_batch = static_cast<uint32_t>(args.number("max-batch", 1024));
   const bool json = args.flag("json");
 
-  const WatchResult none = runWithWatchers(o, 0, max_batch);
-  const WatchResult one = runWithWatchers(o, 1, max_batch);
-  const WatchResult four = runWithWatchers(o, 4, max_batch);
+  // The daemon's default CPU budget of all watchers together (api::ServiceOptions::watch_cpu_cores).
+  const double cores = args.number("watch-cpu-cores", api::ServiceOptions{}.watch_cpu_cores);
+  const WatchResult none = runWithWatchers(o, 0, max_batch, cores);
+  const WatchResult one = runWithWatchers(o, 1, max_batch, cores);
+  const WatchResult four = runWithWatchers(o, 4, max_batch, cores);
+  // Capacity: one watcher without pacing (what a watcher can take when CPU is no object).
+  const WatchResult unpaced = runWithWatchers(o, 1, max_batch, 0);
   Json j;
   j.begin();
   j.field("mode", "grpc");
   j.field("seconds", o.seconds);
   j.field("max_batch", static_cast<uint64_t>(max_batch));
+  j.field("watch_cpu_cores", cores);
   j.key("routing_groups_per_s").begin();
   j.field("watchers_0", none.routing_groups_per_s);
   j.field("watchers_1", one.routing_groups_per_s);
   j.field("watchers_4", four.routing_groups_per_s);
   j.field("slowdown_1", 1.0 - one.routing_groups_per_s / none.routing_groups_per_s);
   j.field("slowdown_4", 1.0 - four.routing_groups_per_s / none.routing_groups_per_s);
+  j.field("watchers_1_unpaced", unpaced.routing_groups_per_s);
+  j.field("slowdown_1_unpaced", 1.0 - unpaced.routing_groups_per_s / none.routing_groups_per_s);
   j.end();
-  for (const auto& [name, w, n] : {std::tuple{"watchers_1", one, 1u}, std::tuple{"watchers_4", four, 4u}}) {
+  for (const auto& [name, w, n] : {std::tuple{"watchers_1", one, 1u}, std::tuple{"watchers_4", four, 4u},
+                                   std::tuple{"watchers_1_unpaced", unpaced, 1u}}) {
     j.key(name).begin();
     j.field("events_per_s", w.events_per_s);
     j.field("events_per_s_per_watcher", w.events_per_s / n);

@@ -24,17 +24,26 @@ const Mode kModes[] = {
     {"sim", iopf::bench::runSim,
      "simulated devices -> router -> chain -> devices, with device-side figures; compares raw_echo, naive\n"
      "      [--scenario FILE] [--seconds S] [--devices N] [--credits C] [--max-batch B] [--latency-rate R]\n"
-     "      [--no-latency] [--no-memory] [--no-compare] [--no-run-to-completion] [--json]"},
+     "      [--no-latency] [--no-memory] [--no-compare] [--no-run-to-completion] [--json]\n"
+     "      scenarios with plugin handlers (\"plugin:<id>\"): [--plugin-dir DIR]; with sva_resolver also\n"
+     "      fault-around off and on: [--fault-around N] (default 15)"},
 #endif
 #ifdef IOPF_BENCH_SOCKET
     {"socket", iopf::bench::runSocket,
      "page requests over the QEMU socket backend's iopf profile, 1 and 16 peers, vs the in-memory backend\n"
      "      [--seconds S] [--warmup S] [--peers N] [--window W] [--group-size G] [--no-batch] [--json]"},
 #endif
+#ifdef IOPF_BENCH_FORWARDER
+    {"forwarder", iopf::bench::runForwarder,
+     "round trips (one group in flight) through the guest forwarder plugin: in-process resolver, iopf socket\n"
+     "      peer (scripted guest, VT-d descriptors), real QEMU without guest, real QEMU with a Linux guest\n"
+     "      [--seconds S] [--warmup S] [--guest-dir DIR] [--no-qemu] [--json]"},
+#endif
 #ifdef IOPF_BENCH_GRPC
     {"grpc", iopf::bench::runGrpc,
      "events/s through iopf.v1.Router/Watch to 1 and 4 watchers during the core load, and routing\n"
-     "      throughput with 0, 1 and 4 watchers   [--seconds S] [--max-batch N] [--json]"},
+     "      throughput with 0, 1 and 4 watchers (paced to --watch-cpu-cores, default 0.15) and one unpaced\n"
+     "      [--seconds S] [--max-batch N] [--watch-cpu-cores C] [--json]"},
 #endif
 };
 

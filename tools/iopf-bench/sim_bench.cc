@@ -25,6 +25,11 @@
 #include "scenario.h"
 #include "sim_handlers.h"
 #include "simulation.h"
+#ifdef IOPF_BENCH_SIM_PLUGINS
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "iopf/plugin_host.h"
+#endif
 
 namespace iopf::bench {
 namespace {
@@ -62,6 +67,22 @@ void sleepSeconds(double s) {
   std::this_thread::sleep_for(std::chrono::duration<double>(s));
 }
 
+// How "plugin:<id>" chain entries of a scenario are built: a plugin host over the run's router,
+// plugins loaded from `dir` by id. `fault_around` overrides sva_resolver's config.
+struct PluginOptions {
+  std::string dir;
+  std::optional<uint32_t> fault_around;
+};
+
+bool usesPlugin(const sim::Scenario& scenario, const std::string& id) {
+  for (const sim::ScenarioDomain& d : scenario.domains) {
+    for (const sim::HandlerSpec& h : d.chain) {
+      if (h.kind == sim::HandlerSpec::Kind::kPlugin && h.plugin == id) return true;
+    }
+  }
+  return false;
+}
+
 struct SimRun {
   uint64_t groups = 0;
   uint64_t requests = 0;
@@ -76,6 +97,9 @@ struct SimRun {
   uint64_t rss = 0;
   unsigned shards = 0;
   unsigned feeders = 0;
+  uint64_t success = 0;             // SUCCESS responses in the window
+  uint64_t completed_accesses = 0;  // device accesses completed in the window (mapped or retried)
+  std::vector<std::pair<std::string, uint64_t>> resolver;  // sva_resolver counters, whole run
 };
 
 sim::CounterSnapshot minus(const sim::CounterSnapshot& a, const sim::CounterSnapshot& b) {
@@ -84,16 +108,63 @@ sim::CounterSnapshot minus(const sim::CounterSnapshot& a, const sim::CounterSnap
   return d;
 }
 
+#ifdef IOPF_BENCH_SIM_PLUGINS
+// The handler config with sva_resolver's fault_around replaced.
+std::string withFaultAround(const std::string& json, uint32_t pages) {
+  google::protobuf::Struct config;
+  if (!google::protobuf::util::JsonStringToMessage(json, &config).ok()) return json;
+  (*config.mutable_fields())["fault_around"].set_number_value(pages);
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(config, &out).ok()) return json;
+  return out;
+}
+#endif
+
 SimRun runSimulation(const sim::Scenario& scenario, double warmup, double seconds,
                      std::optional<unsigned> shards, std::optional<unsigned> feeders,
-                     bool run_to_completion = false) {
+                     bool run_to_completion = false, const PluginOptions* plugins = nullptr) {
   sim::SimulationOptions o;
   o.shards = shards;
   o.feeders = feeders;
   o.run_to_completion = run_to_completion;
+#ifdef IOPF_BENCH_SIM_PLUGINS
+  // Declared before the simulation: destroyed after it (the router shuts down first).
+  std::unique_ptr<PluginHost> host;
+  if (plugins != nullptr) {
+    o.plugin_handler = [&](Router& router, DomainId domain,
+                           const sim::HandlerSpec& h) -> absl::StatusOr<std::shared_ptr<Handler>> {
+      if (!host) {
+        PluginHostOptions ho;
+        ho.report = [](const PluginReport& r) {  // one "loaded" line per run would drown the figures
+          if (r.kind != PluginReportKind::kLoaded) {
+            std::fprintf(stderr, "iopf-bench: plugin %s: %s\n", r.plugin.c_str(), r.message.c_str());
+          }
+        };
+        host = std::make_unique<PluginHost>(&router, ho);
+      }
+      if (!host->status(h.plugin)) {
+        if (absl::Status st = host->loadFile(plugins->dir + "/" + h.plugin + ".so"); !st.ok()) return st;
+      }
+      PluginHandlerConfig c;
+      c.json = h.config_json;
+      c.source = h.config_source;
+      if (h.plugin == "sva_resolver" && plugins->fault_around) {
+        c.json = withFaultAround(c.json, *plugins->fault_around);
+      }
+      return host->createHandler(h.plugin, domain, c);
+    };
+  }
+#else
+  (void)plugins;
+#endif
   auto created = sim::Simulation::create(scenario, o);
   if (!created.ok()) throw std::runtime_error(std::string(created.status().message()));
   sim::Simulation& s = **created;
+#ifdef IOPF_BENCH_SIM_PLUGINS
+  if (host) {
+    if (absl::Status st = host->start(); !st.ok()) throw std::runtime_error(std::string(st.message()));
+  }
+#endif
   if (absl::Status st = s.start(); !st.ok()) throw std::runtime_error(std::string(st.message()));
   sleepSeconds(warmup);
   const StatsSnapshot r0 = s.router().stats();
@@ -113,6 +184,13 @@ SimRun runSimulation(const sim::Scenario& scenario, double warmup, double second
   out.feeders = scenario.feeders;
   if (feeders) out.feeders = *feeders;
   s.stop();
+#ifdef IOPF_BENCH_SIM_PLUGINS
+  if (host) {
+    if (auto st = host->status("sva_resolver")) out.resolver = st->counters;
+    host->shutdown();
+  }
+#endif
+  out.success = r1.responses_by_code[0] - r0.responses_by_code[0];
   out.seconds = static_cast<double>(t1 - t0) / 1e9;
   out.groups = r1.responses - r0.responses;
   out.requests = r1.requests - r0.requests;
@@ -123,6 +201,7 @@ SimRun runSimulation(const sim::Scenario& scenario, double warmup, double second
   // Measured before stop(): allocations of the steady state only (the bench thread sleeps).
   out.allocs_per_group = out.groups == 0 ? 0 : static_cast<double>(a1 - a0) / static_cast<double>(out.groups);
   out.device = minus(d1.counters, d0.counters);
+  out.completed_accesses = out.device[Counter::kCompletedAccesses];
   out.bogus = s.backend().bogusReportCount();
   return out;
 }
@@ -391,7 +470,12 @@ int runSim(const Args& args) {
   if (args.number("max-batch", 0) > 0)
     scenario.max_batch = static_cast<uint32_t>(args.number("max-batch", 0));
 
-  const SimRun run = runSimulation(scenario, warmup, seconds, shards, feeders);
+  PluginOptions plugin_options;
+#ifdef IOPF_BENCH_SIM_PLUGINS
+  plugin_options.dir = args.text("plugin-dir", IOPF_BENCH_PLUGIN_DIR);
+#endif
+  const PluginOptions* plugins = &plugin_options;
+  const SimRun run = runSimulation(scenario, warmup, seconds, shards, feeders, false, plugins);
   Json j;
   j.begin();
   j.field("mode", "sim");
@@ -418,6 +502,50 @@ int runSim(const Args& args) {
   latencyJson(j, "latency_ns", run.device_latency);
   j.end();
 
+  // The SVA resolver plugin in the chain: the same scenario with fault-around off and on.
+  double fa_off_gps = 0, fa_on_gps = 0;
+  uint64_t fa_off_p99 = 0, fa_on_p99 = 0;
+  const bool resolver = usesPlugin(scenario, "sva_resolver");
+  if (resolver) {
+    j.field("resolved_groups_per_s", static_cast<double>(run.success) / run.seconds);
+    const auto on_pages = static_cast<uint32_t>(args.number("fault-around", 15));
+    j.key("sva_resolver").begin();
+    auto resolverRun = [&](const SimRun& r) {
+      j.field("groups_per_s", r.groups_per_s);
+      j.field("resolved_groups_per_s", static_cast<double>(r.success) / r.seconds);
+      j.field("completed_accesses_per_s", static_cast<double>(r.completed_accesses) / r.seconds);
+      j.field("faults_per_1000_accesses",
+              r.completed_accesses == 0 ? 0.0
+                                        : 1000.0 * static_cast<double>(r.requests) /
+                                              static_cast<double>(r.completed_accesses));
+      latencyJson(j, "latency_ns", r.latency);
+      latencyJson(j, "device_latency_ns", r.device_latency);
+      j.field("allocs_per_group", r.allocs_per_group);
+      j.key("counters_whole_run").begin();
+      for (const auto& [name, value] : r.resolver) j.field(name, value);
+      j.end();
+    };
+    for (const uint32_t pages : {0u, on_pages}) {
+      PluginOptions po = plugin_options;
+      po.fault_around = pages;
+      const SimRun r = runSimulation(scenario, warmup, seconds, shards, feeders, false, &po);
+      j.key(pages == 0 ? "fault_around_off" : "fault_around_on").begin();
+      j.field("fault_around_pages", static_cast<uint64_t>(pages));
+      resolverRun(r);
+      if (!skip_rtc) {
+        // The same with the router run to completion on the device I/O thread (one thread).
+        const SimRun c = runSimulation(scenario, warmup, seconds, shards, 1u, true, &po);
+        j.key("run_to_completion").begin();
+        resolverRun(c);
+        j.end();
+      }
+      j.end();
+      (pages == 0 ? fa_off_gps : fa_on_gps) = r.groups_per_s;
+      (pages == 0 ? fa_off_p99 : fa_on_p99) = r.latency.percentile(0.99);
+    }
+    j.end();
+  }
+
   // Open loop at a fixed offered rate, spread over the devices, Poisson arrivals.
   sim::Scenario paced = scenario;
   for (sim::SimDeviceConfig& d : paced.devices) {
@@ -433,7 +561,7 @@ int runSim(const Args& args) {
   };
   double half_p99 = 0;
   if (!skip_latency) {
-    const SimRun half = runSimulation(paced, warmup, seconds, shards, feeders);
+    const SimRun half = runSimulation(paced, warmup, seconds, shards, feeders, false, plugins);
     half_p99 = static_cast<double>(half.device_latency.percentile(0.99));
     j.key("half_rate").begin();
     halfRate(half);
@@ -441,14 +569,14 @@ int runSim(const Args& args) {
   }
   if (!skip_rtc) {
     // The same, with the router run to completion on the device I/O thread (no shard threads).
-    const SimRun closed = runSimulation(scenario, warmup, seconds, shards, 1u, true);
+    const SimRun closed = runSimulation(scenario, warmup, seconds, shards, 1u, true, plugins);
     j.key("run_to_completion").begin();
     j.field("groups_per_s", closed.groups_per_s);
     latencyJson(j, "latency_ns", closed.latency);
     latencyJson(j, "device_latency_ns", closed.device_latency);
     j.field("allocs_per_group", closed.allocs_per_group);
     if (!skip_latency) {
-      const SimRun half = runSimulation(paced, warmup, seconds, shards, 1u, true);
+      const SimRun half = runSimulation(paced, warmup, seconds, shards, 1u, true, plugins);
       j.key("half_rate").begin();
       halfRate(half);
       j.end();
@@ -493,6 +621,11 @@ int runSim(const Args& args) {
   if (json) {
     std::cout << j.str() << std::endl;
   } else {
+    if (resolver) {
+      std::printf("sva_resolver: fault-around off %.0f groups/s, p99 %" PRIu64
+                  " ns; on %.0f groups/s, p99 %" PRIu64 " ns\n",
+                  fa_off_gps, fa_off_p99, fa_on_gps, fa_on_p99);
+    }
     std::printf("sim: %.0f groups/s (%.0f requests/s) with %zu devices; router p99 %" PRIu64
                 " ns; device-observed p99 %" PRIu64 " ns; at %.0f groups/s offered: device p99 %.0f ns\n%s\n",
                 run.groups_per_s, run.requests_per_s, scenario.devices.size(), run.latency.percentile(0.99),

@@ -1,7 +1,6 @@
 // iopfctl — command-line client of iopfd (iopf.v1.Router).
 //
 // Exit codes: 0 done; 1 the daemon refused the request; 2 usage error; 3 the daemon is unreachable.
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "google/protobuf/util/json_util.h"
+#include "iopf/api/health_client.h"
 #include "iopf/v1/router.grpc.pb.h"
 
 namespace {
@@ -35,6 +35,7 @@ const char* kHelp =
     "  watch [--since SEQ] [--filter EXPR] [--count N] [--seconds S] [--max-batch N]\n"
     "        EXPR: comma-separated key=value: type=responded|request|…, domain=N, device=N, pasid=N, group=N\n"
     "  respond ID success|invalid [--reason TEXT]\n"
+    "  pause DOMAIN | resume DOMAIN   hold the domain's new groups (deadlines still run) / release them\n"
     "  stats | plugins | health | reload\n"
     "ADDR: unix:PATH (default $IOPF_ADDR or unix:/run/iopf/iopfd.sock) or HOST:PORT (TLS)\n";
 
@@ -142,40 +143,21 @@ uint64_t number(const std::string& s, const std::string& what) {
   return v;
 }
 
-// Health over the generic stub (grpc.health.v1.Health/Check) with a hand-encoded message.
+// grpc.health.v1.Health/Check for iopf.v1.Router.
 int health(Client& c, const Options& o) {
-  grpc::GenericStub generic(c.channel().shared_from_this());
-  const std::string service = "iopf.v1.Router";
-  std::string req;
-  req.push_back(0x0a);
-  req.push_back(static_cast<char>(service.size()));
-  req += service;
-  grpc::Slice slice(req);
-  grpc::ByteBuffer request(&slice, 1), response;
-  auto ctx = c.context();
-  grpc::CompletionQueue cq;
-  auto call = generic.PrepareUnaryCall(ctx.get(), "/grpc.health.v1.Health/Check", request, &cq);
-  call->StartCall();
-  grpc::Status st;
-  call->Finish(&response, &st, reinterpret_cast<void*>(1));
-  void* tag;
-  bool ok;
-  cq.Next(&tag, &ok);
-  if (!st.ok()) return fail(st);
-  std::vector<grpc::Slice> slices;
-  (void)response.Dump(&slices);
-  std::string bytes;
-  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  int status = 0;  // UNKNOWN
-  if (bytes.size() >= 2 && bytes[0] == 0x08) status = bytes[1];
-  static const char* names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
-  const char* name = status >= 0 && status < 4 ? names[status] : "UNKNOWN";
+  auto status = iopf::api::checkHealth(c.channel().shared_from_this(), "iopf.v1.Router",
+                                           std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000)));
+  if (!status.ok()) {
+    return fail(grpc::Status(static_cast<grpc::StatusCode>(status.status().code()),
+                             std::string(status.status().message())));
+  }
+  const char* name = iopf::api::toString(*status);
   if (o.json) {
     std::printf("{\"service\":\"iopf.v1.Router\",\"status\":\"%s\"}\n", name);
   } else {
     std::printf("iopf.v1.Router: %s\n", name);
   }
-  return status == 1 ? 0 : kRefused;
+  return *status == iopf::api::HealthStatus::kServing ? 0 : kRefused;
 }
 
 void printGroupLine(const iopf::v1::Group& g) {
@@ -408,6 +390,19 @@ int run(Options& o) {
     } else {
       std::printf("group %" PRIu64 " answered %s\n", req.group(), o.args[2].c_str());
     }
+    return 0;
+  }
+  if (cmd == "pause" || cmd == "resume") {
+    if (o.args.size() != 2) usageError(cmd + " needs a domain ID");
+    iopf::v1::PauseDomainRequest req;
+    req.set_domain(static_cast<uint32_t>(number(o.args[1], "domain ID")));
+    req.set_paused(cmd == "pause");
+    iopf::v1::PauseDomainResponse r;
+    auto ctx = c.context();
+    if (auto st = c.stub().PauseDomain(ctx.get(), req, &r); !st.ok()) return fail(st);
+    if (o.json) return print(r), 0;
+    std::printf("domain %u %s (was %s; %" PRIu64 " groups waiting)\n", req.domain(),
+                req.paused() ? "paused" : "resumed", r.was_paused() ? "paused" : "running", r.waiting_groups());
     return 0;
   }
   if (cmd == "stats") {

@@ -2,7 +2,10 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -49,9 +52,30 @@ bool looksNumeric(const std::string& s) {
   return digit;
 }
 
-// YAML → JSON text, recording the line of every field path.
-void toJson(const YAML::Node& node, const std::string& path, std::string& out, std::map<std::string, int>& lines) {
-  lines.emplace(path, node.Mark().line + 1);
+// A config has a few hundred nodes; aliases can make a small file expand exponentially ("billion
+// laughs"), so the conversion stops at this many.
+constexpr size_t kMaxConfigNodes = 100000;
+
+// An integer literal of YAML 1.1 (hex or octal) that fits 64 bits, as JSON decimal text.
+std::optional<std::string> radixInteger(const std::string& digits, int base) {
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(digits.c_str(), &end, base);
+  if (errno == ERANGE || end == digits.c_str() || *end != '\0') return std::nullopt;
+  return std::to_string(v);
+}
+
+// YAML → JSON text, recording the line of every field path. Errors: a mapping key that is not a
+// scalar, an integer beyond 64 bits, more than kMaxConfigNodes nodes.
+absl::Status toJson(const YAML::Node& node, const std::string& path, std::string& out,
+                    std::map<std::string, int>& lines, size_t& budget) {
+  const int line = node.Mark().line + 1;
+  lines.emplace(path, line);
+  auto fail = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(":", line, ": ", path.empty() ? "" : path + ": ", what));
+  };
+  if (budget == 0) return fail(absl::StrCat("more than ", kMaxConfigNodes, " nodes (aliases expanding?)"));
+  --budget;
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       out += '{';
@@ -59,57 +83,67 @@ void toJson(const YAML::Node& node, const std::string& path, std::string& out, s
       for (const auto& kv : node) {
         if (!first) out += ',';
         first = false;
-        const std::string key = kv.first.as<std::string>();
+        if (!kv.first.IsScalar()) return fail("a mapping key must be a plain name, not a list or mapping");
+        const std::string key = kv.first.Scalar();
         appendJsonString(out, key);
         out += ':';
-        toJson(kv.second, path.empty() ? key : path + "." + key, out, lines);
+        if (absl::Status st = toJson(kv.second, path.empty() ? key : path + "." + key, out, lines, budget); !st.ok()) {
+          return st;
+        }
       }
       out += '}';
-      return;
+      return absl::OkStatus();
     }
     case YAML::NodeType::Sequence: {
       out += '[';
       for (size_t i = 0; i < node.size(); ++i) {
         if (i) out += ',';
-        toJson(node[i], path + "[" + std::to_string(i) + "]", out, lines);
+        if (absl::Status st = toJson(node[i], path + "[" + std::to_string(i) + "]", out, lines, budget); !st.ok()) {
+          return st;
+        }
       }
       out += ']';
-      return;
+      return absl::OkStatus();
     }
     case YAML::NodeType::Scalar: {
       const std::string v = node.Scalar();
       if (node.Tag() != "!") {  // a plain (unquoted) scalar
         if (v == "true" || v == "false") {
           out += v;
-          return;
+          return absl::OkStatus();
         }
         if (v == "null" || v == "~") {
           out += "null";
-          return;
+          return absl::OkStatus();
         }
         // YAML 1.1 integers: 0x hex and 0-prefixed octal (file modes) become JSON decimals.
         if (v.size() > 2 && v[0] == '0' && (v[1] == 'x' || v[1] == 'X') &&
             v.find_first_not_of("0123456789abcdefABCDEF", 2) == std::string::npos) {
-          out += std::to_string(std::stoull(v.substr(2), nullptr, 16));
-          return;
+          auto dec = radixInteger(v.substr(2), 16);
+          if (!dec) return fail("'" + v + "' does not fit 64 bits");
+          out += *dec;
+          return absl::OkStatus();
         }
         if (v.size() > 1 && v[0] == '0' && v.find_first_not_of("01234567") == std::string::npos) {
-          out += std::to_string(std::stoull(v, nullptr, 8));
-          return;
+          auto dec = radixInteger(v, 8);
+          if (!dec) return fail("'" + v + "' does not fit 64 bits");
+          out += *dec;
+          return absl::OkStatus();
         }
         if (looksNumeric(v)) {
           out += v;
-          return;
+          return absl::OkStatus();
         }
       }
       appendJsonString(out, v);
-      return;
+      return absl::OkStatus();
     }
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined:
       out += "null";
-      return;
+      return absl::OkStatus();
   }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -153,7 +187,10 @@ absl::StatusOr<LoadedConfig> parseConfig(const std::string& text, const std::str
   }
   if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": the config must be a mapping"));
   std::string json;
-  toJson(root, "", json, lc.lines);
+  size_t budget = kMaxConfigNodes;
+  if (absl::Status st = toJson(root, "", json, lc.lines, budget); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, st.message()));
+  }
   google::protobuf::util::JsonParseOptions opts;
   opts.ignore_unknown_fields = false;
   const auto st = google::protobuf::util::JsonStringToMessage(json, &lc.config, opts);
@@ -183,6 +220,9 @@ absl::StatusOr<LoadedConfig> parseConfig(const std::string& text, const std::str
     }
   }
   if (c.socket_mode() > 0777) return bad("socket_mode", "must be a file mode (0..0777)");
+  if ((c.socket_mode() & 07) != 0) {
+    return bad("socket_mode", "gives every local user access to the router: use 0660 (owner and group) or 0600");
+  }
   std::set<std::string> backend_names;
   for (int i = 0; i < c.backends_size(); ++i) {
     const auto& b = c.backends(i);
@@ -200,8 +240,11 @@ absl::StatusOr<LoadedConfig> parseConfig(const std::string& text, const std::str
         if (b.devices(d).pasid_bits() > 20) return bad(df + ".pasid_bits", "at most 20");
         if (b.devices(d).rid() > 0xffff) return bad(df + ".rid", "a RID has 16 bits");
       }
+    } else if (b.type() == "qemu_socket") {
+      const auto& o = b.options().fields();
+      if (o.find("socket") == o.end()) return bad(f + ".options.socket", "a qemu_socket backend needs a socket path");
     } else {
-      return bad(f + ".type", "'" + b.type() + "' is not one of simulated, memory");
+      return bad(f + ".type", "'" + b.type() + "' is not one of simulated, memory, qemu_socket");
     }
   }
   std::set<std::string> domain_names;

@@ -1,5 +1,7 @@
 #include "daemon.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +13,9 @@
 #include "iopf/in_memory_backend.h"
 #ifdef IOPF_HAVE_SIM
 #include "sim_backend.h"
+#endif
+#ifdef IOPF_HAVE_QEMU_SOCKET
+#include "socket_backend.h"
 #endif
 
 namespace iopf::daemon {
@@ -73,6 +78,9 @@ std::map<std::string, BackendFactory>& backendFactories() {
        }},
 #ifdef IOPF_HAVE_SIM
       {"simulated", makeSimulatedBackend},
+#endif
+#ifdef IOPF_HAVE_QEMU_SOCKET
+      {"qemu_socket", makeQemuSocketBackend},
 #endif
   };
   return factories;
@@ -299,7 +307,58 @@ absl::Status Daemon::start(const DaemonOptions& options, std::optional<LoadedCon
   for (auto& b : backends_) {
     if (absl::Status st = b->startTraffic(); !st.ok()) return st;
   }
+  health_thread_ = std::thread([this] { healthLoop(); });
   return absl::OkStatus();
+}
+
+void Daemon::healthLoop() {
+  constexpr auto kPeriod = std::chrono::milliseconds(200);
+  bool serving = true;
+  std::vector<std::string> names;  // backends change only on restart
+  {
+    std::lock_guard lk(mu_);
+    for (const auto& b : config_.config.backends()) names.push_back(b.name());
+  }
+  std::unique_lock lk(health_mu_);
+  while (!health_stop_) {
+    std::vector<v1::BackendStatus> now;
+    bool all_up = true;
+    lk.unlock();
+    for (size_t i = 0; i < backends_.size(); ++i) {
+      const absl::Status st = backends_[i]->backend().health();
+      v1::BackendStatus s;
+      s.set_name(i < names.size() ? names[i] : "");
+      s.set_type(backends_[i]->type());
+      s.set_up(st.ok());
+      if (!st.ok()) s.set_message(std::string(st.message()));
+      all_up = all_up && st.ok();
+      now.push_back(std::move(s));
+    }
+    lk.lock();
+    if (health_stop_) break;
+    for (size_t i = 0; i < now.size(); ++i) {
+      const bool was_up = i >= health_.size() || health_[i].up();
+      if (was_up != now[i].up()) {
+        std::fprintf(stderr, "iopfd: backend '%s' (%s) is %s%s%s\n", now[i].name().c_str(), now[i].type().c_str(),
+                     now[i].up() ? "up again" : "down", now[i].up() ? "" : ": ", now[i].message().c_str());
+      }
+    }
+    health_ = std::move(now);
+    if (all_up != serving) {
+      serving = all_up;
+      server_->setServing(serving);
+    }
+    health_cv_.wait_for(lk, kPeriod);
+  }
+}
+
+void Daemon::stopHealthLoop() {
+  {
+    std::lock_guard lk(health_mu_);
+    health_stop_ = true;
+  }
+  health_cv_.notify_all();
+  if (health_thread_.joinable()) health_thread_.join();
 }
 
 namespace {
@@ -317,6 +376,18 @@ absl::Status Daemon::loadPlugins(const LoadedConfig& lc) {
       return absl::InvalidArgumentError(lc.where("plugins") + "plugins are listed but no plugin_dirs to find them in");
     }
     return absl::OkStatus();
+  }
+  // The plugin host skips a world-writable directory (plugin code anyone could replace); a daemon
+  // told to load from one refuses to start, naming it, rather than running without its plugins.
+  for (int i = 0; i < c.plugin_dirs_size(); ++i) {
+    struct stat st;
+    if (::stat(c.plugin_dirs(i).c_str(), &st) == 0 && (st.st_mode & S_IWOTH) != 0) {
+      char mode[16];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+      return absl::PermissionDeniedError(lc.where(absl::StrCat("plugin_dirs[", i, "]")) + "'" + c.plugin_dirs(i) +
+                                         "' is world-writable (mode " + mode +
+                                         "): refused, anyone could replace plugin code");
+    }
   }
   PluginHostOptions po;
   po.search_paths.assign(c.plugin_dirs().begin(), c.plugin_dirs().end());
@@ -344,7 +415,9 @@ absl::Status Daemon::loadPlugins(const LoadedConfig& lc) {
                                                  std::string(it->status.message()));
     }
   }
-  for (const auto& [id, json] : wanted) {
+  for (const auto& entry : wanted) {
+    const std::string& id = entry.first;  // not a structured binding: clang 14 cannot capture those
+    const std::string& json = entry.second;
     // A plugin that fails to load is reported and left out; chains naming it fail validation with a
     // message naming the handler, and the daemon keeps running without it.
     if (absl::Status st = plugins_->load(id, json); !st.ok()) {
@@ -365,6 +438,7 @@ absl::Status Daemon::loadPlugins(const LoadedConfig& lc) {
 
 void Daemon::drain() {
   if (drained_.exchange(true)) return;
+  stopHealthLoop();
   if (server_) server_->setServing(false);
   if (service_) service_->beginDrain();
   if (router_) router_->shutdown();  // every open group answered INVALID, origin shutdown
@@ -375,6 +449,10 @@ void Daemon::drain() {
 void Daemon::fillInfo(v1::Info& info) const {
   for (const auto& b : backends_) info.add_backends(b->type());
   info.set_config_generation(generation_.load());
+  {
+    std::lock_guard hk(health_mu_);
+    for (const v1::BackendStatus& s : health_) *info.add_backend_status() = s;
+  }
   std::lock_guard lk(mu_);
   info.set_config_path(config_.path);
 }

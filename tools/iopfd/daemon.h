@@ -2,11 +2,13 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config_loader.h"
@@ -94,6 +96,9 @@ class Daemon final : public api::DaemonControl {
   absl::StatusOr<std::vector<std::shared_ptr<Handler>>> buildChain(const LoadedConfig& lc, int domain_index,
                                                                    DomainId domain);
   std::optional<DeviceId> deviceByName(const std::string& name) const;
+  // Polls every backend's health(); the API's health is SERVING only while all are up.
+  void healthLoop();
+  void stopHealthLoop();
 
   // Destruction runs bottom-up: server and service before the router, the router before backends.
   std::map<std::string, HandlerFactory> handlers_;
@@ -109,6 +114,12 @@ class Daemon final : public api::DaemonControl {
   std::map<std::string, DomainId> domains_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> drained_{false};
+  // Health polling.
+  std::thread health_thread_;
+  mutable std::mutex health_mu_;
+  std::condition_variable health_cv_;
+  bool health_stop_ = false;                 // guarded by health_mu_
+  std::vector<v1::BackendStatus> health_;    // guarded by health_mu_, in backends_ order
 };
 
 }  // namespace iopf::daemon

@@ -112,7 +112,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "iopfd: %s: draining\n", strsignal(sig));
     daemon.drain();
     const auto stats = daemon.router().stats();
-    std::fprintf(stderr, "iopfd: drained: %llu groups answered, %llu open\n",
+    std::fprintf(stderr, "iopfd: drained: %llu groups answered INVALID at shutdown, %llu answered in all, %llu open\n",
+                 static_cast<unsigned long long>(stats.responses_by_origin[static_cast<size_t>(iopf::Origin::kShutdown)]),
                  static_cast<unsigned long long>(stats.responses), static_cast<unsigned long long>(stats.open_groups));
     return 0;
   }

@@ -89,6 +89,10 @@ class Backend {
   // Responses with Delivery::kKernelAnswered MUST NOT be written to the device.
   virtual void respond(std::span<const Response> responses) = 0;
 
+  // Whether the backend can deliver requests and responses right now (its fds, sockets and threads
+  // work). Polled by the daemon (health goes NOT_SERVING while a backend is down); any thread.
+  virtual absl::Status health() const { return absl::OkStatus(); }
+
   // Makes a range present in a domain's I/O page table (resolvers). Called from shard threads or
   // plugin threads; MUST be thread-safe. Default: UNIMPLEMENTED.
   virtual absl::Status map(const MapRequest& request) {

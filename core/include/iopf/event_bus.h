@@ -37,6 +37,8 @@ enum class EventType : uint8_t {
   kRequestDropped = 16,    // request of an unknown / removed device
   kDomainRemoved = 17,
   kChainChanged = 18,
+  kDomainPaused = 19,       // dispatching of the domain's groups paused; `value` = groups waiting
+  kDomainResumed = 20,      // resumed; `value` = held groups released to the chain
 };
 std::string_view toString(EventType type);
 

@@ -24,6 +24,9 @@ class InMemoryBackend final : public Backend {
   void stop() override;
   void respond(std::span<const Response> responses) override;
   absl::Status map(const MapRequest& request) override;
+  absl::Status health() const override;
+  // Tests: what health() reports from now on.
+  void setHealth(absl::Status status);
 
   // Valid after start(). The caller becomes the backend's I/O thread (RouterSink contract).
   RouterSink& sink() { return *sink_; }
@@ -49,6 +52,7 @@ class InMemoryBackend final : public Backend {
   std::vector<Response> responses_;
   std::vector<MapRequest> maps_;
   bool stopped_ = false;
+  absl::Status health_;  // guarded by mu_
 };
 
 }  // namespace iopf

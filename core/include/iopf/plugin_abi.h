@@ -31,7 +31,7 @@
 #include <stdint.h>
 
 #define IOPF_PLUGIN_ABI_MAJOR 1
-#define IOPF_PLUGIN_ABI_MINOR 0
+#define IOPF_PLUGIN_ABI_MINOR 1
 
 // Name of the one symbol a plugin exports (type iopf_plugin_entry_fn).
 #define IOPF_PLUGIN_ENTRY_SYMBOL "iopf_plugin_entry"
@@ -108,6 +108,8 @@ extern "C" {
 #define IOPF_EVENT_REQUEST_DROPPED 16u
 #define IOPF_EVENT_DOMAIN_REMOVED 17u
 #define IOPF_EVENT_CHAIN_CHANGED 18u
+#define IOPF_EVENT_DOMAIN_PAUSED 19u
+#define IOPF_EVENT_DOMAIN_RESUMED 20u
 
 // iopf_plugin_event.flags
 #define IOPF_EVENT_PASID_VALID (1u << 0)
@@ -118,6 +120,14 @@ extern "C" {
 #define IOPF_DEVICE_NEEDS_PASID (1u << 0)
 #define IOPF_DEVICE_STALL_MODEL (1u << 1)
 #define IOPF_DEVICE_REMOVED (1u << 2)
+#define IOPF_DEVICE_CAN_MAP (1u << 3)  // minor 1: the device's backend implements map()
+
+// iopf_plugin_backend_info.flags (minor 1)
+#define IOPF_BACKEND_CAN_MAP (1u << 0)       // implements map() (iopf::Backend::Capabilities)
+#define IOPF_BACKEND_WHOLE_GROUPS (1u << 1)  // delivers complete groups (iommufd)
+
+// iopf_plugin_map_request.flags (minor 1)
+#define IOPF_MAP_PASID_VALID (1u << 0)
 
 // One page request of a group. Elements of iopf_plugin_group.requests are `request_size` bytes
 // apart: index them with iopf_plugin_group_request().
@@ -227,6 +237,31 @@ typedef struct iopf_plugin_domain_info {
   char name[64];            // NUL-terminated, truncated
 } iopf_plugin_domain_info;
 
+// What a backend is (minor 1). The caller sets struct_size; the host fills no more than that.
+typedef struct iopf_plugin_backend_info {
+  uint32_t struct_size;
+  uint32_t backend;         // router backend id
+  uint32_t flags;           // IOPF_BACKEND_*
+  uint32_t reserved0;
+  char name[32];            // NUL-terminated, truncated ("simulated", "iommufd", ...)
+} iopf_plugin_backend_info;
+
+// A range a resolver asks the device's backend to make present in the domain's I/O page table
+// (minor 1; iopf::MapRequest). The caller sets struct_size to sizeof its struct.
+typedef struct iopf_plugin_map_request {
+  uint32_t struct_size;
+  uint32_t domain;
+  uint32_t device;          // router device id: its backend does the mapping
+  uint32_t pasid;           // valid if flags & IOPF_MAP_PASID_VALID
+  uint64_t iova;
+  uint64_t length;
+  uint64_t source_va;       // user VA backing the range (iommufd IOAS_MAP), 0 if not applicable
+  uint8_t perm;             // IOPF_PERM_* the range is mapped with
+  uint8_t flags;            // IOPF_MAP_*
+  uint16_t reserved0;
+  uint32_t reserved1;
+} iopf_plugin_map_request;
+
 // Services of the host, handed to init. The struct and everything it points to stay valid until
 // the plugin's shutdown returns. Every function MAY be called from any thread.
 typedef struct iopf_plugin_host_api {
@@ -247,6 +282,16 @@ typedef struct iopf_plugin_host_api {
   // Copies the handler's name (NUL-terminated, truncated) into buffer; returns its full length,
   // 0 if the id is unknown.
   size_t (*handler_name)(void* ctx, uint32_t handler, char* buffer, size_t capacity);
+  // --- minor 1: check struct_size before use ---------------------------------------------------
+  // Writes up to `capacity` backend ids into ids; returns how many backends the router has.
+  uint32_t (*list_backends)(void* ctx, uint32_t* ids, uint32_t capacity);
+  // Fills *out for a router backend id; returns 1 if known, 0 if not.
+  int32_t (*backend_info)(void* ctx, uint32_t backend, iopf_plugin_backend_info* out);
+  // Asks the backend of request->device to map the range (iopf::Router::map). Returns 1 on success;
+  // 0 on failure, with a NUL-terminated reason in `error` if error_capacity > 0 (unknown or removed
+  // device, a backend without map(), the backend's own error). Any thread, typically the shard
+  // thread inside handle; never blocks on the router.
+  int32_t (*map)(void* ctx, const iopf_plugin_map_request* request, char* error, size_t error_capacity);
 } iopf_plugin_host_api;
 
 // Per-instance facts handed to create. Valid during the call only.

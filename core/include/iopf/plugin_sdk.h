@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -181,6 +182,13 @@ struct DomainInfo {
   std::string name;
 };
 
+struct BackendInfo {
+  uint32_t backend = 0;
+  bool can_map = false;
+  bool whole_groups = false;
+  std::string name;
+};
+
 // The host's services (iopf_plugin_host_api). Every method MAY be called from any thread until
 // the plugin's shutdown() returns.
 class Host {
@@ -235,6 +243,40 @@ class Host {
     api_->handler_name(api_->ctx, id, big.data(), big.size());
     big.resize(n);
     return big;
+  }
+
+  // --- ABI minor 1 ---------------------------------------------------------------------------
+  // True if the host offers backend lookups and map() (a host of ABI minor >= 1).
+  bool hasMap() const {
+    return api_->abi_minor >= 1 &&
+           api_->struct_size >= offsetof(iopf_plugin_host_api, map) + sizeof api_->map &&
+           api_->map != nullptr && api_->list_backends != nullptr && api_->backend_info != nullptr;
+  }
+  // The router's backends (empty on a host without hasMap()).
+  std::vector<BackendInfo> backends() const {
+    std::vector<BackendInfo> out;
+    if (!hasMap()) return out;
+    for (uint32_t id : list(api_->list_backends)) {
+      iopf_plugin_backend_info raw{};
+      raw.struct_size = sizeof raw;
+      if (api_->backend_info(api_->ctx, id, &raw) != 1) continue;
+      BackendInfo b;
+      b.backend = raw.backend;
+      b.can_map = (raw.flags & IOPF_BACKEND_CAN_MAP) != 0;
+      b.whole_groups = (raw.flags & IOPF_BACKEND_WHOLE_GROUPS) != 0;
+      b.name.assign(raw.name, strnlen(raw.name, sizeof raw.name));
+      out.push_back(std::move(b));
+    }
+    return out;
+  }
+  // Asks the device's backend to map the range (request.struct_size MUST be set). True on success;
+  // on failure false and, if `error` is given, the host's reason. Requires hasMap().
+  bool map(const iopf_plugin_map_request& request, std::string* error = nullptr) const {
+    char buf[256];
+    buf[0] = '\0';
+    if (api_->map(api_->ctx, &request, buf, sizeof buf) == 1) return true;
+    if (error != nullptr) error->assign(buf, strnlen(buf, sizeof buf));
+    return false;
   }
 
   const iopf_plugin_host_api& raw() const { return *api_; }

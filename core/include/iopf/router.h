@@ -57,6 +57,12 @@ struct DeviceInfo {
   uint64_t outstanding_requests = 0;
 };
 
+struct BackendInfo {
+  BackendId id = 0;
+  std::string name;
+  Backend::Capabilities capabilities;
+};
+
 struct DomainInfo {
   DomainId id = 0;
   DomainSpec spec;
@@ -64,6 +70,7 @@ struct DomainInfo {
   std::vector<std::string> chain;
   uint64_t open_groups = 0;
   bool removed = false;
+  bool paused = false;
 };
 
 struct AttachmentInfo {
@@ -133,6 +140,14 @@ class Router {
   absl::Status removeDomain(DomainId domain);
   // Replaces the domain's chain. Groups dispatched after the shard picks the change up use it.
   absl::Status setChain(DomainId domain, std::vector<std::shared_ptr<Handler>> chain);
+  // Pauses (or resumes) dispatching the domain's groups. While paused, new groups are held before
+  // their chain runs; their deadline keeps running (a held group still times out), and detach,
+  // shutdown and operator verdicts still answer them. Resuming hands every held group to the chain.
+  struct PauseResult {
+    bool was_paused = false;
+    uint64_t waiting_groups = 0;  // open groups of the domain not dispatched yet, at the call
+  };
+  absl::StatusOr<PauseResult> setDomainPaused(DomainId domain, bool paused);
   // Attaches (device, pasid|RID) to a domain, replacing an existing attachment: the replaced
   // domain's open groups of that key are answered INVALID, origin detach (Delivery::kKernelAnswered
   // when the backend's kernel auto-responds). Returns the new epoch.
@@ -147,8 +162,16 @@ class Router {
   // (origin shutdown), responses are flushed, shard threads stop, backends are stopped. Idempotent.
   void shutdown();
 
+  // --- populating I/O page tables (resolvers) --------------------------------------------------
+  // Asks the backend of request.device to make a range present (Backend::map). Any thread (shard
+  // threads, plugin threads); takes no router lock. NOT_FOUND for an unknown device,
+  // FAILED_PRECONDITION for a removed one, UNIMPLEMENTED (naming the backend) if the device's
+  // backend has no map() (Capabilities::can_map false); otherwise the backend's answer.
+  absl::Status map(const MapRequest& request);
+
   // --- observation (any thread) ----------------------------------------------------------------
   EventBus& events();
+  std::vector<BackendInfo> backends() const;
   StatsSnapshot stats() const;
   std::vector<DeviceInfo> devices() const;
   std::vector<DomainInfo> domains() const;

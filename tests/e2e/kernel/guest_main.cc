@@ -12,11 +12,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -515,6 +517,157 @@ void runChecks() {
               fin.stale_tokens, fin.read_calls);
 }
 
+// --- daemon death (issue 11): what the 6.12 kernel does with groups whose reader was SIGKILLed -------
+//
+// The mock device's page_response op is a no-op in 6.12, so a response cannot be seen at the device.
+// What can be seen is the group's state behind its cookie on the FAULT object: a write of the cookie
+// is accepted (8 bytes) while the group is pending and refused (EINVAL) once anyone — the kernel
+// included — has answered it.
+
+// A FAULT object on a nested HWPT with a mock device attached, on `ifd`, built with raw ioctls.
+struct FaultSetup {
+  MockDevice dev;
+  uint32_t ioas = 0, parent = 0, hwpt = 0, fault_id = 0;
+  int fault_fd = -1;
+  bool ok = false;
+};
+
+FaultSetup makeFaultSetup(int ifd) {
+  FaultSetup f;
+  kabi::IommuIoasAlloc ioas;
+  if (::ioctl(ifd, kabi::kIommuIoasAlloc, &ioas) != 0) return f;
+  f.ioas = ioas.out_ioas_id;
+  f.dev = mockDomain(ifd, f.ioas);
+  kabi::IommuHwptAlloc parent;
+  parent.flags = kabi::kHwptAllocNestParent;
+  parent.dev_id = f.dev.dev_id;
+  parent.pt_id = f.ioas;
+  if (f.dev.dev_id == 0 || ::ioctl(ifd, kabi::kIommuHwptAlloc, &parent) != 0) return f;
+  f.parent = parent.out_hwpt_id;
+  kabi::IommuFaultAlloc fa;
+  if (::ioctl(ifd, kabi::kIommuFaultQueueAlloc, &fa) != 0) return f;
+  f.fault_id = fa.out_fault_id;
+  f.fault_fd = static_cast<int>(fa.out_fault_fd);
+  kabi::IommuHwptSelftest data;
+  kabi::IommuHwptAlloc h;
+  h.flags = kabi::kHwptFaultIdValid;
+  h.dev_id = f.dev.dev_id;
+  h.pt_id = f.parent;
+  h.data_type = kabi::kHwptDataSelftest;
+  h.data_len = sizeof data;
+  h.data_uptr = reinterpret_cast<uintptr_t>(&data);
+  h.fault_id = f.fault_id;
+  if (::ioctl(ifd, kabi::kIommuHwptAlloc, &h) != 0) return f;
+  f.hwpt = h.out_hwpt_id;
+  f.ok = mockReplace(ifd, f.dev.stdev, f.hwpt) == 0;
+  return f;
+}
+
+// The reader: reads every queued record from `fault_fd`, reports the cookies on `report`, then
+// waits to be killed (an iopfd holding open groups).
+[[noreturn]] void readAndHold(int fault_fd, int report) {
+  std::vector<kabi::IommuHwptPgfault> recs(64);
+  const ssize_t n = ::read(fault_fd, recs.data(), recs.size() * sizeof(recs[0]));
+  std::vector<uint32_t> cookies;
+  for (ssize_t i = 0; n > 0 && i < n / static_cast<ssize_t>(sizeof(recs[0])); ++i) cookies.push_back(recs[i].cookie);
+  const uint32_t count = static_cast<uint32_t>(cookies.size());
+  (void)!::write(report, &count, sizeof count);
+  if (count) (void)!::write(report, cookies.data(), count * sizeof(uint32_t));
+  for (;;) ::pause();
+}
+
+// Forks a reader of `fault_fd`; returns its pid and the cookies it holds (read before it is killed).
+pid_t spawnReader(int fault_fd, std::vector<uint32_t>& cookies) {
+  int p[2];
+  if (::pipe(p) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(p[0]);
+    readAndHold(fault_fd, p[1]);
+  }
+  ::close(p[1]);
+  uint32_t count = 0;
+  if (pid > 0 && ::read(p[0], &count, sizeof count) == sizeof count && count > 0) {
+    cookies.resize(count);
+    (void)!::read(p[0], cookies.data(), count * sizeof(uint32_t));
+  }
+  ::close(p[0]);
+  return pid;
+}
+
+bool killAndReap(pid_t pid) {
+  if (pid <= 0 || ::kill(pid, SIGKILL) != 0) return false;
+  int status = 0;
+  for (int i = 0; i < 1000; ++i) {  // up to 10 s: the exit teardown must not hang
+    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    ::usleep(10000);
+  }
+  return false;
+}
+
+void runDeathChecks() {
+  // 1. A VMM owns the iommufd and the FAULT object; the router process (a forked reader sharing the
+  //    fault fd, as after an SCM_RIGHTS hand-over) reads two groups and is SIGKILLed.
+  const int ifd = ::open("/dev/iommu", O_RDWR | O_CLOEXEC);
+  check(ifd >= 0, "death.open_iommufd");
+  if (ifd < 0) return;
+  FaultSetup f = makeFaultSetup(ifd);
+  check(f.ok, "death.setup_fault_hwpt");
+  if (!f.ok) return;
+  trigger(ifd, f.dev.dev_id, 0, 10, 1, 0x10000);
+  trigger(ifd, f.dev.dev_id, 0, 11, 1, 0x11000);
+  trigger(ifd, f.dev.dev_id, 0, 12, 1, 0x12000);
+  std::vector<uint32_t> held;
+  const pid_t reader = spawnReader(f.fault_fd, held);
+  check(held.size() == 3, "death.reader_holds_groups", std::to_string(held.size()) + " cookies");
+  check(killAndReap(reader), "death.reader_sigkilled");
+  if (held.size() != 3) return;
+  // The groups the dead reader held are still pending: closing (a copy of) a FAULT fd answers
+  // nothing in 6.12 (iommufd_fault_fops_release only drops a reference).
+  check(writeRaw(f.fault_fd, {{held[0], kabi::kPageRespInvalid}}) == 8, "death.fd_close_answers_nothing",
+        "a cookie of the dead reader is still writable");
+  // Whoever owns the iommufd answers the rest by detaching the device (replace → auto-response).
+  check(mockReplace(ifd, f.dev.stdev, f.ioas) == 0, "death.owner_detaches");
+  check(writeRaw(f.fault_fd, {{held[1], kabi::kPageRespInvalid}}) == -EINVAL &&
+            writeRaw(f.fault_fd, {{held[2], kabi::kPageRespInvalid}}) == -EINVAL,
+        "death.detach_answered_the_rest", "cookies now refused: the kernel answered them INVALID");
+  ::close(f.fault_fd);
+  destroyRaw(ifd, f.hwpt);
+  destroyRaw(ifd, f.parent);
+  destroyRaw(ifd, f.dev.stdev);
+  check(destroyRaw(ifd, f.fault_id) == 0, "death.fault_destroyed_after_close");
+
+  // 2. The router process owns everything (opened /dev/iommu itself, like iopfd with its own
+  //    iommufd) and is SIGKILLed holding groups: exit closes the iommufd, which destroys the FAULT
+  //    object (iommufd_fault_destroy answers every pending group INVALID) and the mock device. Nobody
+  //    outside can see those groups; what can be checked is that the teardown completes and the
+  //    kernel stays healthy.
+  int p[2];
+  check(::pipe(p) == 0, "death.pipe");
+  const pid_t owner = ::fork();
+  if (owner == 0) {
+    ::close(p[0]);
+    const int own = ::open("/dev/iommu", O_RDWR | O_CLOEXEC);
+    FaultSetup g = own >= 0 ? makeFaultSetup(own) : FaultSetup{};
+    if (g.ok) {
+      for (uint32_t i = 0; i < 8; ++i) trigger(own, g.dev.dev_id, 0, 20 + i, 1, 0x20000 + i * 0x1000);
+    }
+    readAndHold(g.ok ? g.fault_fd : -1, p[1]);
+  }
+  ::close(p[1]);
+  uint32_t count = 0;
+  const bool got = ::read(p[0], &count, sizeof count) == sizeof count;
+  std::vector<uint32_t> owned(count);
+  if (count) (void)!::read(p[0], owned.data(), count * sizeof(uint32_t));
+  ::close(p[0]);
+  check(got && count == 8, "death.owner_holds_groups", std::to_string(count) + " cookies");
+  check(killAndReap(owner), "death.owner_sigkilled_teardown_completes");
+  // The iommufd still works for everyone else.
+  FaultSetup h = makeFaultSetup(ifd);
+  check(h.ok && trigger(ifd, h.dev.dev_id, 0, 30, 1, 0x30000) == 0, "death.kernel_healthy_after");
+  ::close(ifd);  // destroys h's objects (and answers its group) the same way
+}
+
 // --- benchmark ----------------------------------------------------------------------------------------
 struct BenchResult {
   uint64_t groups = 0;
@@ -732,6 +885,7 @@ int main(int argc, char** argv) {
   }
   std::printf("IOPF-KERNEL-TEST: start\n");
   runChecks();
+  runDeathChecks();
   if (g_failed == 0) {
     std::printf("IOPF-KERNEL-TEST: VERDICT PASS (%d checks)\n", g_checks.load());
   } else {

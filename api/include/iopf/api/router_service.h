@@ -47,6 +47,10 @@ struct ServiceOptions {
   // Bearer token required for mutating calls from TCP peers (empty: TCP mutations refused).
   std::string token;
   std::string daemon_version = "0.1.0";
+  // CPU the Watch streams may use together, in cores (0: unpaced). Each watcher's thread is paced
+  // to its share (this / active watchers) of its own CPU time, so watchers never take the cores the
+  // router needs; a watcher that cannot keep up at its share falls behind and gets a gap marker.
+  double watch_cpu_cores = 0.15;
 };
 
 class RouterService final : public v1::Router::Service {
@@ -79,10 +83,13 @@ class RouterService final : public v1::Router::Service {
   grpc::Status ReloadConfig(grpc::ServerContext*, const v1::ReloadConfigRequest*, v1::ReloadConfigResponse*) override;
   grpc::Status InjectFault(grpc::ServerContext*, const v1::InjectFaultRequest*, v1::InjectFaultResponse*) override;
   grpc::Status RunScenario(grpc::ServerContext*, const v1::RunScenarioRequest*, v1::RunScenarioResponse*) override;
+  grpc::Status PauseDomain(grpc::ServerContext*, const v1::PauseDomainRequest*, v1::PauseDomainResponse*) override;
 
  private:
   // Mutating calls from TCP peers need "authorization: Bearer <token>".
   grpc::Status authorizeMutation(grpc::ServerContext* ctx) const;
+  // Sleeps as long as this watcher's thread is over its CPU share (see watch_cpu_cores).
+  class WatchPacer;
   void buildSnapshot(v1::Snapshot& snapshot) const;
 
   Router& router_;
