@@ -212,26 +212,24 @@ size_t Shard::releaseResumed(int64_t now, EventBatch& events) {
   const uint64_t requests = resume_requests_.load(std::memory_order_acquire);
   if (requests == resume_seen_) return 0;
   resume_seen_ = requests;
-  size_t released = 0;
-  std::vector<QueuedGroup> still_held;
-  for (const QueuedGroup& q : held_) {
-    const Group& g = at(q.slot);
-    if (g.tag.load(std::memory_order_acquire) != openTag(q.id)) continue;  // answered meanwhile
-    const DomainState* dom = router_.domain(g.domain);
-    if (dom != nullptr && dom->paused.load(std::memory_order_acquire)) {
-      still_held.push_back(q);
-      continue;
-    }
+  std::vector<QueuedGroup> held;
+  held.swap(held_);
+  for (const QueuedGroup& q : held) {
+    // Answered meanwhile (deadline, detach, operator): dropped. Otherwise dispatch() runs the chain
+    // or, if the domain is (again) paused, holds the group once more.
+    if (at(q.slot).tag.load(std::memory_order_acquire) != openTag(q.id)) continue;
     dispatch(q.slot, q.id, now, events);
-    ++released;
   }
-  held_.swap(still_held);
-  return released + 1;  // the resume itself is work (manual mode runs another pass)
+  return held.size() + 1;  // the resume itself is work (manual mode runs another pass)
 }
 
 void Shard::dispatch(uint32_t slot, GroupId id, int64_t now, EventBatch& events) {
   Group& g = at(slot);
   DomainState* dom = router_.domain(g.domain);
+  if (dom != nullptr && dom->paused.load(std::memory_order_acquire)) {
+    hold({slot, id});
+    return;
+  }
   if (!wheel_.scheduled(slot)) wheel_.schedule(slot, g.deadline_ns);
   g.state.store(static_cast<uint8_t>(GroupState::kDispatched), std::memory_order_relaxed);
   dispatched_.push_back({slot, id, now});
@@ -360,13 +358,7 @@ size_t Shard::runPass() {
     const QueuedGroup q = local_inbox_[local_pos_];
     ++work;
     // Completed (drained) before dispatch: its completion is handled in step 1.
-    const Group& g = at(q.slot);
-    if (g.tag.load(std::memory_order_acquire) != openTag(q.id)) continue;
-    const DomainState* dom = router_.domain(g.domain);
-    if (dom != nullptr && dom->paused.load(std::memory_order_acquire)) {
-      hold(q);
-      continue;
-    }
+    if (at(q.slot).tag.load(std::memory_order_acquire) != openTag(q.id)) continue;
     dispatch(q.slot, q.id, now, events);
   }
 
