@@ -78,28 +78,10 @@ void decodeOnly(const uint8_t* data, size_t size) {
       [](const qs::FrameError& e) { (void)e.toStatus(); });
 }
 
-class AnswerAll final : public iopf::Handler {
- public:
-  std::string_view name() const override { return "fuzz-answer"; }
-  iopf::Verdict handle(const iopf::GroupView& g, const iopf::CompletionHandle&) override {
-    return iopf::Verdict::respond((g.requests.back().addr & 1) != 0 ? iopf::ResponseCode::kInvalid
-                                                                    : iopf::ResponseCode::kSuccess);
-  }
-};
-
 // One backend and router for the whole run (a campaign makes millions of connections).
 struct Live {
   Live() {
-    iopf::RouterOptions ro;
-    ro.shards = 1;
-    ro.idle_spin_ns = 0;
-    ro.event_capacity = 1024;
-    router = std::make_unique<iopf::Router>(ro);
-    iopf::DomainSpec d;
-    d.name = "fuzz";
-    d.kind = iopf::DomainKind::kNested;
-    domain = *router->addDomain(d);
-    (void)router->setChain(domain, {std::make_shared<AnswerAll>()});
+    router = qs::fuzz::fuzzRouter(iopf::DomainKind::kNested, 1, domain);
     qs::QemuSocketBackend::Options bo;
     bo.socket_path = "/tmp/iopf_fuzz_iopf_" + std::to_string(::getpid()) + ".sock";
     bo.on_device = [this](const qs::VmmDeviceEvent& e) {

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 
+#include "iopf/handler.h"
+#include "iopf/router.h"
 #include "vhost_user_codec.h"
 
 namespace iopf::qemu_socket::fuzz {
@@ -35,6 +38,37 @@ void decodeChunked(FrameDecoder& decoder, std::span<const uint8_t> bytes, uint32
     }
   }
   if (auto err = decoder.finish()) on_error(*err);
+}
+
+// Answers every group at once: INVALID if the last request's address has `invalid_bit` set, else
+// SUCCESS (both answers reach the live peer).
+class AnswerByAddress final : public Handler {
+ public:
+  explicit AnswerByAddress(uint64_t invalid_bit) : invalid_bit_(invalid_bit) {}
+  std::string_view name() const override { return "fuzz-answer"; }
+  Verdict handle(const GroupView& g, const CompletionHandle&) override {
+    return Verdict::respond((g.requests.back().addr & invalid_bit_) != 0 ? ResponseCode::kInvalid
+                                                                         : ResponseCode::kSuccess);
+  }
+
+ private:
+  const uint64_t invalid_bit_;
+};
+
+// The router of a live fuzz target: one shard, no spinning, a small event ring, one domain "fuzz"
+// of `kind` whose chain is AnswerByAddress(invalid_bit). Returns the domain in `domain`.
+inline std::unique_ptr<Router> fuzzRouter(DomainKind kind, uint64_t invalid_bit, DomainId& domain) {
+  RouterOptions ro;
+  ro.shards = 1;
+  ro.idle_spin_ns = 0;
+  ro.event_capacity = 1024;
+  auto router = std::make_unique<Router>(ro);
+  DomainSpec d;
+  d.name = "fuzz";
+  d.kind = kind;
+  domain = *router->addDomain(d);
+  (void)router->setChain(domain, {std::make_shared<AnswerByAddress>(invalid_bit)});
+  return router;
 }
 
 }  // namespace iopf::qemu_socket::fuzz

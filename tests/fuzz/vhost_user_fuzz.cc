@@ -47,26 +47,9 @@ void decodePart(std::span<const uint8_t> bytes, const qs::MessageTable& table, u
       [](const qs::FrameError& e) { (void)e.toStatus(); });
 }
 
-class AnswerAll final : public iopf::Handler {
- public:
-  std::string_view name() const override { return "fuzz-answer"; }
-  iopf::Verdict handle(const iopf::GroupView& g, const iopf::CompletionHandle&) override {
-    return iopf::Verdict::respond((g.requests.back().addr & 0x1000) != 0 ? iopf::ResponseCode::kInvalid
-                                                                         : iopf::ResponseCode::kSuccess);
-  }
-};
-
 struct Live {
   Live() {
-    iopf::RouterOptions ro;
-    ro.shards = 1;
-    ro.idle_spin_ns = 0;
-    ro.event_capacity = 1024;
-    router = std::make_unique<iopf::Router>(ro);
-    iopf::DomainSpec d;
-    d.name = "fuzz";
-    domain = *router->addDomain(d);
-    (void)router->setChain(domain, {std::make_shared<AnswerAll>()});
+    router = qs::fuzz::fuzzRouter(iopf::DomainKind::kPaging, 0x1000, domain);
     qs::VhostIotlbFrontend::Options fo;
     fo.socket_path = "/tmp/iopf_fuzz_vhost_" + std::to_string(::getpid()) + ".sock";
     fo.memory_bytes = 1 << 20;
