@@ -544,22 +544,10 @@ QemuSocketBackend::QemuSocketBackend(Options options) : options_(std::move(optio
 QemuSocketBackend::~QemuSocketBackend() { stop(); }
 
 absl::Status QemuSocketBackend::start(RouterSink& sink) {
-  if (loop_) return absl::FailedPreconditionError("qemu_socket backend: start() called twice");
-  loop_ = std::make_unique<Loop>(options_);
-  if (absl::Status st = loop_->init(sink); !st.ok()) {
-    loop_.reset();
-    return absl::Status(st.code(), absl::StrCat("qemu_socket backend '", options_.socket_path, "': ", st.message()));
-  }
-  thread_ = std::thread([this] { loop_->run(); });
-  return absl::OkStatus();
+  return loop_.start(options_, sink, absl::StrCat("qemu_socket backend '", options_.socket_path, "'"));
 }
 
-void QemuSocketBackend::stop() {
-  if (!loop_ || !thread_.joinable()) return;
-  loop_->requestStop();
-  thread_.join();
-  loop_->teardown();
-}
+void QemuSocketBackend::stop() { loop_.stop(); }
 
 void QemuSocketBackend::respond(std::span<const Response> responses) {
   if (loop_) loop_->enqueue(responses);

@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "iopf/backend.h"
+#include "loop_thread.h"
 
 namespace iopf::qemu_socket {
 
@@ -86,8 +87,7 @@ class QemuSocketBackend final : public Backend {
 
  private:
   Options options_;
-  std::unique_ptr<Loop> loop_;
-  std::thread thread_;
+  LoopThread<Loop> loop_;
 };
 
 }  // namespace iopf::qemu_socket

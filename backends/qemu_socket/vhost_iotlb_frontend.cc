@@ -598,22 +598,10 @@ VhostIotlbFrontend::VhostIotlbFrontend(Options options) : options_(std::move(opt
 VhostIotlbFrontend::~VhostIotlbFrontend() { stop(); }
 
 absl::Status VhostIotlbFrontend::start(RouterSink& sink) {
-  if (loop_) return absl::FailedPreconditionError("vhost-iotlb front-end: start() called twice");
-  loop_ = std::make_unique<Loop>(options_);
-  if (absl::Status st = loop_->init(sink); !st.ok()) {
-    loop_.reset();
-    return absl::Status(st.code(), absl::StrCat("vhost-iotlb front-end '", options_.socket_path, "': ", st.message()));
-  }
-  thread_ = std::thread([this] { loop_->run(); });
-  return absl::OkStatus();
+  return loop_.start(options_, sink, absl::StrCat("vhost-iotlb front-end '", options_.socket_path, "'"));
 }
 
-void VhostIotlbFrontend::stop() {
-  if (!loop_ || !thread_.joinable()) return;
-  loop_->requestStop();
-  thread_.join();
-  loop_->teardown();
-}
+void VhostIotlbFrontend::stop() { loop_.stop(); }
 
 void VhostIotlbFrontend::respond(std::span<const Response> responses) {
   if (loop_) loop_->enqueue(responses);

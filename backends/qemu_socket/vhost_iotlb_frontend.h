@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "iopf/backend.h"
+#include "loop_thread.h"
 
 namespace iopf::qemu_socket {
 
@@ -93,8 +94,7 @@ class VhostIotlbFrontend final : public Backend {
 
  private:
   Options options_;
-  std::unique_ptr<Loop> loop_;
-  std::thread thread_;
+  LoopThread<Loop> loop_;
 };
 
 }  // namespace iopf::qemu_socket
