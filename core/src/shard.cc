@@ -1,8 +1,8 @@
 // A worker shard: owns the groups of its domains from queueing to the one response.
 #include <algorithm>
-#include <vector>
 #include <chrono>
 #include <exception>
+#include <vector>
 
 #include "router_impl.h"
 
