@@ -536,7 +536,9 @@ TEST_F(ApiTest, PauseDomainHoldsGroupsAndResumeReleasesThem) {
   ASSERT_TRUE(stub_->PauseDomain(ctx().get(), pause, &r).ok());
   EXPECT_TRUE(r.was_paused());
   EXPECT_EQ(r.waiting_groups(), 5u);
-  waitOpen(0);
+  // The shard releases the held groups on its next pass: wait for their five responses.
+  ASSERT_EQ(daemon_->testMemory()->waitForResponses(5, std::chrono::seconds(20)), 5u);
+  EXPECT_EQ(openGroups(), 0u);
   const auto responses = daemon_->testMemory()->responses();
   ASSERT_EQ(responses.size(), 5u);
   for (const Response& resp : responses) {
