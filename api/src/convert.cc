@@ -1,5 +1,7 @@
 #include "iopf/api/convert.h"
 
+#include "iopf/api/packed_events.h"
+
 namespace iopf::api {
 
 grpc::Status toGrpc(const absl::Status& s) {
@@ -103,6 +105,30 @@ void toProto(const Event& in, v1::Event& out) {
   out.set_verdict(static_cast<v1::Verdict>(in.verdict));
   out.set_handler(in.handler);
   out.set_value(in.value);
+}
+
+void writePacked(const Event& in, uint8_t* r) {
+  namespace pk = packed;
+  pk::put(r, pk::kSeq, in.seq);
+  pk::put(r, pk::kTimeNs, in.time_ns);
+  pk::put(r, pk::kGroup, in.group);
+  pk::put(r, pk::kAddr, in.addr);
+  pk::put(r, pk::kValue, in.value);
+  pk::put(r, pk::kDevice, in.device);
+  pk::put(r, pk::kDomain, in.domain);
+  pk::put(r, pk::kPasid, (in.flags & event_flag::kPasidValid) ? in.pasid : 0u);
+  pk::put(r, pk::kCookie, (in.flags & event_flag::kCookieValid) ? in.cookie : 0u);
+  pk::put(r, pk::kGrpid, in.grpid);
+  pk::put(r, pk::kHandler, in.handler);
+  r[pk::kType] = static_cast<uint8_t>(in.type);
+  r[pk::kFlags] = static_cast<uint8_t>(((in.flags & event_flag::kPasidValid) ? pk::kFlagPasidValid : 0) |
+                                       ((in.flags & event_flag::kLast) ? pk::kFlagLast : 0) |
+                                       ((in.flags & event_flag::kCookieValid) ? pk::kFlagCookieValid : 0));
+  r[pk::kPerm] = in.perm;
+  r[pk::kCode] = in.code;
+  r[pk::kOrigin] = in.origin;
+  r[pk::kVerdict] = in.verdict;
+  pk::put(r, 68, uint32_t{0});
 }
 
 void toProto(const LatencyHistogram::Snapshot& in, v1::Histogram& out) {

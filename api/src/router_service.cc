@@ -8,6 +8,7 @@
 
 #include "group_history.h"
 #include "iopf/api/convert.h"
+#include "iopf/api/packed_events.h"
 
 namespace iopf::api {
 
@@ -187,6 +188,11 @@ grpc::Status RouterService::Watch(grpc::ServerContext* ctx, const v1::WatchReque
   if (max_batch > 4096) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "max_batch " + std::to_string(max_batch) + " > 4096");
   }
+  if (!v1::EventEncoding_IsValid(req->encoding())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "unknown event encoding " + std::to_string(req->encoding()) +
+                            " (0 = EVENT_ENCODING_MESSAGES, 1 = EVENT_ENCODING_PACKED)");
+  }
   if (watchers_.fetch_add(1) >= options_.max_watchers) {
     watchers_.fetch_sub(1);
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -229,18 +235,40 @@ grpc::Status RouterService::Watch(grpc::ServerContext* ctx, const v1::WatchReque
   v1::WatchBatch batch;
   auto last_write = std::chrono::steady_clock::now();
   WatchPacer pacer(options_.watch_cpu_cores, watchers_);
+  const bool packed = req->encoding() == v1::EVENT_ENCODING_PACKED;
+  bool streaming = false;  // the resume point was served: later gaps are this watcher falling behind
   while (!ctx->IsCancelled() && !draining_.load(std::memory_order_relaxed)) {
-    const size_t n = bus.read(cursor, buf);
+    size_t n = 0;
+    if (streaming && cursor < bus.oldest()) {
+      // Lapped: the writers overwrote what this watcher had not read. Resuming at the oldest event
+      // would put it where they write next (lapped again at once, and its reads pulling the lines
+      // they are about to write); resume half a ring behind the head instead, one gap for both.
+      const uint64_t resume = std::max(bus.oldest(), bus.head() - bus.capacity() / 2);
+      buf[n++] = gapEvent(cursor, static_cast<int64_t>(resume - cursor));
+      cursor = resume;
+    }
+    n += bus.read(cursor, std::span<Event>(buf).subspan(n));
+    streaming = true;
     batch.Clear();
+    size_t kept = 0;
+    std::string* packed_out = packed ? batch.mutable_packed_events() : nullptr;
+    if (packed_out != nullptr) packed_out->resize(n * packed::kRecordSize);  // trimmed to `kept` below
     for (size_t i = 0; i < n; ++i) {
       const Event& e = buf[i];
       if (e.type == EventType::kGap) {
         batch.set_lost(batch.lost() + static_cast<uint64_t>(e.value));
         batch.set_oldest_available_seq(e.seq + static_cast<uint64_t>(e.value));
       }
-      if (matches(req->filter(), e)) toProto(e, *batch.add_events());
+      if (!matches(req->filter(), e)) continue;
+      if (packed_out != nullptr) {
+        writePacked(e, reinterpret_cast<uint8_t*>(packed_out->data()) + kept * packed::kRecordSize);
+      } else {
+        toProto(e, *batch.add_events());
+      }
+      ++kept;
     }
-    if (batch.events_size() > 0 || batch.lost() > 0) {
+    if (packed_out != nullptr) packed_out->resize(kept * packed::kRecordSize);
+    if (kept > 0 || batch.lost() > 0) {
       batch.set_next_seq(cursor);
       if (!writer->Write(batch)) return grpc::Status::OK;  // client went away
       last_write = std::chrono::steady_clock::now();
@@ -326,9 +354,9 @@ grpc::Status RouterService::InjectFault(grpc::ServerContext* ctx, const v1::Inje
 }
 
 grpc::Status RouterService::RunScenario(grpc::ServerContext* ctx, const v1::RunScenarioRequest* req,
-                                        v1::RunScenarioResponse*) {
+                                        v1::RunScenarioResponse* out) {
   if (auto st = authorizeMutation(ctx); !st.ok()) return st;
-  return toGrpc(control_.runScenario(req->path()));
+  return toGrpc(control_.runScenario(req->path(), *out));
 }
 
 grpc::Status RouterService::PauseDomain(grpc::ServerContext* ctx, const v1::PauseDomainRequest* req,

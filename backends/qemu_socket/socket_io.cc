@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -71,11 +72,14 @@ absl::StatusOr<UniqueFd> connectUnix(const std::string& path) {
 
 // --- StreamSocket ----------------------------------------------------------------------------
 
-StreamSocket::StreamSocket(UniqueFd fd, uint32_t max_payload) : fd_(std::move(fd)), decoder_(max_payload) {}
+StreamSocket::StreamSocket(UniqueFd fd, uint32_t max_payload, ReadMode mode)
+    : fd_(std::move(fd)), decoder_(max_payload), mode_(mode) {}
 
 ssize_t StreamSocket::readSome() {
-  std::span<uint8_t> w = decoder_.writable(65536);
-  iovec iov{w.data(), w.size()};
+  constexpr size_t kChunk = 65536;
+  const size_t want = mode_ == ReadMode::kFrameBounded ? std::min(kChunk, decoder_.bytesToFrameEnd()) : kChunk;
+  std::span<uint8_t> w = decoder_.writable(want);
+  iovec iov{w.data(), std::min(w.size(), want)};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerFrame)];
   msghdr msg{};
   msg.msg_iov = &iov;

@@ -33,9 +33,16 @@ absl::Status setNonBlocking(int fd);
 //
 // Contract: one owner thread (the event loop's). Frames queued with fds are sent with their first
 // byte in their own sendmsg(), as vhost-user requires.
+//
+// Reads and fds: a stream recvmsg() goes on past data without fds into the next message that
+// carries fds and returns those fds with the whole chunk, so the fds' frame is not the chunk's
+// first. With ReadMode::kFrameBounded no read crosses a frame boundary, and the fds of a read belong
+// to the frame it is in (a sender attaches fds to a frame's first byte). kFree reads up to 64 KiB
+// at once: for peers that send no fds (any that arrive are refused with the frame they land on).
 class StreamSocket {
  public:
-  StreamSocket(UniqueFd fd, uint32_t max_payload);
+  enum class ReadMode { kFree, kFrameBounded };
+  StreamSocket(UniqueFd fd, uint32_t max_payload, ReadMode mode = ReadMode::kFree);
 
   int fd() const { return fd_.get(); }
   FrameDecoder& decoder() { return decoder_; }
@@ -59,6 +66,7 @@ class StreamSocket {
   };
   UniqueFd fd_;
   FrameDecoder decoder_;
+  ReadMode mode_;
   std::vector<uint8_t> out_;
   size_t sent_ = 0;
   std::vector<FdMark> fd_marks_;

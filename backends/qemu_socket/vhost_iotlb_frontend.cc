@@ -68,7 +68,9 @@ struct FeConn {
   absl::flat_hash_map<uint64_t, uint32_t> miss_by_key;  // (page | perm) → cookie
   absl::flat_hash_map<uint32_t, PendingMiss> misses;    // cookie → outstanding MISS group
 
-  FeConn(uint32_t s, UniqueFd fd) : serial(s), main(std::move(fd), kMaxPayload) {}
+  // QEMU sends fds on the main socket (memory table, kick/call, the back-end channel): bounded reads.
+  FeConn(uint32_t s, UniqueFd fd)
+      : serial(s), main(std::move(fd), kMaxPayload, StreamSocket::ReadMode::kFrameBounded) {}
 };
 
 struct Counters {

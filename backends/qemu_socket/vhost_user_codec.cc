@@ -159,6 +159,19 @@ void FrameDecoder::feed(std::span<const uint8_t> bytes, std::vector<UniqueFd> fd
   commit(bytes.size(), std::move(fds));
 }
 
+size_t FrameDecoder::bytesToFrameEnd() const {
+  size_t at = begin_;
+  for (;;) {
+    const size_t have = end_ - at;
+    if (have < kHeaderSize) return kHeaderSize - have;
+    const FrameHeader h = decodeHeader(buf_.data() + at);
+    // A payload over the limit is refused by next() once its header is in: nothing more to read.
+    if (h.size > max_payload_) return 1;
+    if (have < kHeaderSize + h.size) return kHeaderSize + h.size - have;
+    at += kHeaderSize + h.size;
+  }
+}
+
 FrameDecoder::Result FrameDecoder::next(Frame& out, FrameError& error) {
   if (poisoned_) {
     error = *poisoned_;

@@ -156,6 +156,9 @@ class FrameDecoder {
   std::optional<FrameError> finish() const;
   size_t buffered() const { return end_ - begin_; }
   uint32_t maxPayload() const { return max_payload_; }
+  // Bytes still missing from the first incomplete buffered frame (its header first, then its
+  // payload); at least 1. A reader that never reads past this cannot mix two frames in one read.
+  size_t bytesToFrameEnd() const;
 
  private:
   struct PendingFds {

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <stdexcept>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,19 @@ class SimulatedBackend::Feeder final : public DeviceIo {
   }
 
   void addDevice(SimDevice* device) { devices_.push_back(device); }
+  // Hot-add (any thread): the feeder takes the device over at its next pass and starts it there,
+  // so every per-device state stays the feeder's own.
+  void adopt(SimDevice* device) {
+    bool notify;
+    {
+      std::lock_guard lk(inbox_mu_);
+      adopted_.push_back(device);
+      has_adopted_.store(true, std::memory_order_release);
+      wake_flag_ = true;
+      notify = sleeping_;
+    }
+    if (notify) cv_.notify_one();
+  }
 
   // --- DeviceIo ---
   void push(const PageRequest& request) override { batch_.push_back(request); }
@@ -108,6 +122,19 @@ class SimulatedBackend::Feeder final : public DeviceIo {
   size_t pass() {
     const int64_t now = backend_.clock_->now();
     size_t work = 0;
+    if (has_adopted_.load(std::memory_order_acquire)) {
+      std::vector<SimDevice*> adopted;
+      {
+        std::lock_guard lk(inbox_mu_);
+        adopted.swap(adopted_);
+        has_adopted_.store(false, std::memory_order_relaxed);
+      }
+      for (SimDevice* d : adopted) {
+        d->startTraffic(now);
+        devices_.push_back(d);
+      }
+      work += adopted.size();
+    }
     if (has_inbox_.load(std::memory_order_acquire)) {
       {
         std::lock_guard lk(inbox_mu_);
@@ -176,18 +203,19 @@ class SimulatedBackend::Feeder final : public DeviceIo {
   };
 
   bool owns(const Response& r) const {
-    return r.backend_handle < backend_.devices_.size() &&
-           r.backend_handle % backend_.feeders_.size() == index_;
+    return r.backend_handle < backend_.deviceCount() && r.backend_handle % backend_.feeders_.size() == index_;
   }
   void apply(const Response& r, int64_t received_ns) {
-    if (r.backend_handle >= backend_.devices_.size()) {
+    SimDevice* device =
+        r.backend_handle <= UINT32_MAX ? backend_.device(static_cast<uint32_t>(r.backend_handle)) : nullptr;
+    if (device == nullptr) {
       backend_.unknown_device_responses_.fetch_add(1, std::memory_order_relaxed);
       backend_.report(absl::StrCat("ROUTER BUG: response for backend handle ", r.backend_handle,
                                    " (router device ", r.device, ", grpid ", r.grpid,
                                    ") which names no simulated device"));
       return;
     }
-    backend_.devices_[r.backend_handle]->onResponse(r, received_ns, *this);
+    device->onResponse(r, received_ns, *this);
   }
 
   bool hasTimedWorkDue(int64_t now, int64_t& next) const {
@@ -213,7 +241,7 @@ class SimulatedBackend::Feeder final : public DeviceIo {
       const int64_t spin_until = SteadyClock::read() + spin_ns;
       bool busy = false;
       while (SteadyClock::read() < spin_until) {
-        if (has_inbox_.load(std::memory_order_acquire) ||
+        if (has_inbox_.load(std::memory_order_acquire) || has_adopted_.load(std::memory_order_acquire) ||
             backend_.overflow_epoch_.load(std::memory_order_relaxed) != seen_epoch_ ||
             backend_.clock_->now() >= next) {
           busy = true;
@@ -224,7 +252,8 @@ class SimulatedBackend::Feeder final : public DeviceIo {
       if (busy) continue;
       std::unique_lock lk(inbox_mu_);
       if (stop_) return;
-      if (has_inbox_.load(std::memory_order_relaxed) || wake_flag_) {
+      if (has_inbox_.load(std::memory_order_relaxed) || has_adopted_.load(std::memory_order_relaxed) ||
+          wake_flag_) {
         wake_flag_ = false;
         continue;
       }
@@ -249,11 +278,13 @@ class SimulatedBackend::Feeder final : public DeviceIo {
 
   std::mutex inbox_mu_;
   std::condition_variable cv_;
-  std::vector<Inbound> inbox_;  // guarded by inbox_mu_
-  bool sleeping_ = false;       // guarded by inbox_mu_
-  bool wake_flag_ = false;      // guarded by inbox_mu_
-  bool stop_ = false;           // guarded by inbox_mu_
-  bool closed_ = false;         // guarded by inbox_mu_ (read unlocked only by the owning thread)
+  std::vector<Inbound> inbox_;       // guarded by inbox_mu_
+  std::vector<SimDevice*> adopted_;  // guarded by inbox_mu_: hot-added, not yet started
+  std::atomic<bool> has_adopted_{false};
+  bool sleeping_ = false;   // guarded by inbox_mu_
+  bool wake_flag_ = false;  // guarded by inbox_mu_
+  bool stop_ = false;       // guarded by inbox_mu_
+  bool closed_ = false;     // guarded by inbox_mu_ (read unlocked only by the owning thread)
   std::atomic<bool> has_inbox_{false};
   std::thread thread_;
 };
@@ -261,15 +292,20 @@ class SimulatedBackend::Feeder final : public DeviceIo {
 // ---------------------------------------------------------------------------------------------
 
 SimulatedBackend::SimulatedBackend(Options options)
-    : options_(options), clock_(options.clock != nullptr ? options.clock : &steady_) {}
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : &steady_),
+      devices_(std::make_unique<std::atomic<SimDevice*>[]>(options.max_devices)) {}
 
 SimulatedBackend::~SimulatedBackend() {
   stop();
 }
 
 absl::StatusOr<uint32_t> SimulatedBackend::addDevice(SimDeviceConfig config) {
-  if (traffic_started_)
-    return absl::FailedPreconditionError("simulated backend: devices must be added before traffic starts");
+  std::lock_guard lk(devices_mu_);
+  if (stopped_.load()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("simulated device '", config.name, "': the simulated backend is stopped"));
+  }
   if (config.pasid_bits > 20) {
     return absl::InvalidArgumentError(
         absl::StrCat("simulated device '", config.name, "': pasid_bits ", int{config.pasid_bits}, " > 20"));
@@ -295,7 +331,12 @@ absl::StatusOr<uint32_t> SimulatedBackend::addDevice(SimDeviceConfig config) {
   if (deviceIndex(config.name)) {
     return absl::AlreadyExistsError(absl::StrCat("simulated device '", config.name, "' exists already"));
   }
-  const auto index = static_cast<uint32_t>(devices_.size());
+  const uint32_t index = device_count_.load(std::memory_order_relaxed);
+  if (index >= options_.max_devices) {
+    return absl::ResourceExhaustedError(absl::StrCat("simulated device '", config.name,
+                                                     "': the backend holds ", index,
+                                                     " devices, its limit (max_devices)"));
+  }
   auto device = std::make_unique<SimDevice>(index, std::move(config));
   if (sink_ != nullptr) {
     const SimDeviceConfig& c = device->config();
@@ -312,7 +353,10 @@ absl::StatusOr<uint32_t> SimulatedBackend::addDevice(SimDeviceConfig config) {
     if (!id.ok()) return id.status();
     device->setRouterId(*id);
   }
-  devices_.push_back(std::move(device));
+  devices_[index].store(device.get(), std::memory_order_release);
+  device_storage_.push_back(std::move(device));
+  device_started_.push_back(false);
+  device_count_.store(index + 1, std::memory_order_release);
   return index;
 }
 
@@ -335,26 +379,27 @@ const SoftIoPageTable* SimulatedBackend::pageTable(DomainId domain) const {
 }
 
 absl::Status SimulatedBackend::attach(uint32_t device, std::optional<uint32_t> pasid, DomainId domain) {
-  if (device >= devices_.size())
-    return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
+  SimDevice* d = this->device(device);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
   const SoftIoPageTable* table = pageTable(domain);
   if (table == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("simulated backend: domain ", domain, " has no page table (addDomain)"));
   }
-  return devices_[device]->bind(pasid, table);
+  return d->bind(pasid, table);
 }
 
 absl::Status SimulatedBackend::detach(uint32_t device, std::optional<uint32_t> pasid) {
-  if (device >= devices_.size())
-    return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
-  return devices_[device]->bind(pasid, nullptr);
+  SimDevice* d = this->device(device);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
+  return d->bind(pasid, nullptr);
 }
 
 absl::Status SimulatedBackend::start(RouterSink& sink) {
+  std::lock_guard lk(devices_mu_);
   if (sink_ != nullptr) return absl::FailedPreconditionError("simulated backend started twice");
   sink_ = &sink;
-  for (auto& d : devices_) {
+  for (auto& d : device_storage_) {
     const SimDeviceConfig& c = d->config();
     DeviceSpec spec;
     spec.name = c.name;
@@ -373,6 +418,7 @@ absl::Status SimulatedBackend::start(RouterSink& sink) {
 }
 
 absl::Status SimulatedBackend::startTraffic() {
+  std::lock_guard lk(devices_mu_);
   if (sink_ == nullptr)
     return absl::FailedPreconditionError("simulated backend: startTraffic before start (Router::addBackend)");
   if (traffic_started_) return absl::FailedPreconditionError("simulated backend: traffic already started");
@@ -381,13 +427,37 @@ absl::Status SimulatedBackend::startTraffic() {
     return absl::FailedPreconditionError("simulated backend: after_pass needs a single feeder");
   }
   traffic_started_ = true;
-  const unsigned n = std::max(1u, std::min<unsigned>(options_.feeders, std::max<size_t>(1, devices_.size())));
+  const unsigned n =
+      std::max(1u, std::min<unsigned>(options_.feeders, std::max<size_t>(1, device_storage_.size())));
   for (unsigned i = 0; i < n; ++i) feeders_.push_back(std::make_unique<Feeder>(*this, i));
-  for (auto& d : devices_) feeders_[d->index() % n]->addDevice(d.get());
+  for (auto& d : device_storage_) feeders_[d->index() % n]->addDevice(d.get());
+  std::fill(device_started_.begin(), device_started_.end(), true);
   const int64_t now = clock_->now();
   for (auto& f : feeders_) f->startTraffic(now);
   if (options_.threaded) {
     for (auto& f : feeders_) f->start();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SimulatedBackend::startDevices(std::span<const uint32_t> devices) {
+  std::lock_guard lk(devices_mu_);
+  if (!traffic_started_) {
+    return absl::FailedPreconditionError("simulated backend: startDevices before startTraffic");
+  }
+  if (stopped_.load()) return absl::FailedPreconditionError("simulated backend: stopped");
+  for (size_t i = 0; i < devices.size(); ++i) {
+    const uint32_t d = devices[i];
+    if (d >= device_storage_.size())
+      return absl::NotFoundError(absl::StrCat("simulated backend: no device ", d));
+    if (device_started_[d] || std::find(devices.begin(), devices.begin() + i, d) != devices.begin() + i) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("simulated device '", device_storage_[d]->config().name, "' runs already"));
+    }
+  }
+  for (const uint32_t d : devices) {
+    device_started_[d] = true;
+    feeders_[d % feeders_.size()]->adopt(device_storage_[d].get());
   }
   return absl::OkStatus();
 }
@@ -400,15 +470,19 @@ size_t SimulatedBackend::step() {
 }
 
 absl::Status SimulatedBackend::inject(uint32_t device, const Injection& injection) {
-  if (device >= devices_.size())
-    return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
-  devices_[device]->inject(injection);
+  SimDevice* d = this->device(device);
+  if (d == nullptr) return absl::NotFoundError(absl::StrCat("simulated backend: no device ", device));
+  d->inject(injection);
   if (!feeders_.empty()) feeders_[device % feeders_.size()]->wake();
   return absl::OkStatus();
 }
 
 void SimulatedBackend::stop() {
-  if (stopped_.exchange(true)) return;
+  {
+    // Ordered with addDevice/startDevices: once stopped, no device is added or handed to a feeder.
+    std::lock_guard lk(devices_mu_);
+    if (stopped_.exchange(true)) return;
+  }
   for (auto& f : feeders_) f->stopThread();
   for (auto& f : feeders_) f->close();
 }
@@ -431,7 +505,7 @@ void SimulatedBackend::respond(std::span<const Response> responses) {
   }
   for (auto& f : feeders_) f->receive(responses, received, false);
   for (const Response& r : responses) {
-    if (r.backend_handle >= devices_.size()) {
+    if (r.backend_handle >= deviceCount()) {
       unknown_device_responses_.fetch_add(1, std::memory_order_relaxed);
       report(absl::StrCat("ROUTER BUG: response for backend handle ", r.backend_handle,
                           " which names no simulated device"));
@@ -472,30 +546,37 @@ void SimulatedBackend::report(std::string message) {
 // observation
 
 size_t SimulatedBackend::deviceCount() const {
-  return devices_.size();
+  return device_count_.load(std::memory_order_acquire);
+}
+SimDevice& SimulatedBackend::deviceOrThrow(uint32_t index) const {
+  SimDevice* d = device(index);
+  if (d == nullptr) throw std::out_of_range(absl::StrCat("simulated backend: no device ", index));
+  return *d;
 }
 SimDeviceStatus SimulatedBackend::deviceStatus(uint32_t device) const {
-  return devices_.at(device)->status();
+  return deviceOrThrow(device).status();
 }
 const SimDeviceConfig& SimulatedBackend::deviceConfig(uint32_t device) const {
-  return devices_.at(device)->config();
+  return deviceOrThrow(device).config();
 }
 DeviceId SimulatedBackend::routerId(uint32_t device) const {
-  return devices_.at(device)->routerId();
+  return deviceOrThrow(device).routerId();
 }
 
 std::optional<uint32_t> SimulatedBackend::deviceIndex(std::string_view name) const {
-  for (const auto& d : devices_) {
-    if (d->config().name == name) return d->index();
+  const auto n = static_cast<uint32_t>(deviceCount());
+  for (uint32_t i = 0; i < n; ++i) {
+    if (device(i)->config().name == name) return i;
   }
   return std::nullopt;
 }
 
 SimTotals SimulatedBackend::totals() const {
   SimTotals t;
-  t.devices = devices_.size();
-  for (const auto& d : devices_) {
-    const SimDeviceStatus s = d->status();
+  const auto n = static_cast<uint32_t>(deviceCount());
+  t.devices = n;
+  for (uint32_t i = 0; i < n; ++i) {
+    const SimDeviceStatus s = device(i)->status();
     t.counters += s.counters;
     t.open_groups += s.open_groups;
     t.lost_groups += s.lost_groups;

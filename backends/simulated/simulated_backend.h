@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -60,7 +61,13 @@ class SimulatedBackend final : public Backend {
     // the work it did. Lets one I/O thread also run a manual-mode router to completion (no thread
     // hop between device and router). Only with a single feeder (startTraffic refuses more).
     std::function<size_t()> after_pass;
+    // Most devices the backend holds, set up before traffic and hot-added after it together;
+    // addDevice beyond it is RESOURCE_EXHAUSTED. The device table is allocated once at this size
+    // (one pointer per device), so a hot-add never moves what feeder and shard threads index.
+    uint32_t max_devices = kDefaultMaxDevices;
   };
+  // The router's own device table holds 65,536 devices.
+  static constexpr uint32_t kDefaultMaxDevices = 1u << 16;
 
   explicit SimulatedBackend(Options options);
   SimulatedBackend() : SimulatedBackend(Options{}) {}
@@ -70,7 +77,11 @@ class SimulatedBackend final : public Backend {
 
   // --- setup: any one thread, before startTraffic() ------------------------------------------
   // Adds a device; returns its simulator index (also its DeviceSpec::backend_handle). After
-  // start() it is registered with the router at once.
+  // start() it is registered with the router at once. Any thread, also while traffic runs (a
+  // hot-add, serialised with other adds): a device added after startTraffic() issues nothing until
+  // startDevices() hands it to its feeder, so that the caller can attach it first.
+  // ALREADY_EXISTS for a name in use, RESOURCE_EXHAUSTED beyond Options::max_devices,
+  // FAILED_PRECONDITION once stopped.
   absl::StatusOr<uint32_t> addDevice(SimDeviceConfig config);
   // Creates the software I/O page table of a router domain (call after Router::addDomain).
   absl::Status addDomain(DomainId domain, DomainKind kind);
@@ -82,6 +93,12 @@ class SimulatedBackend final : public Backend {
   // Starts traffic: threaded, the feeder threads start; manual, step() starts issuing.
   // FAILED_PRECONDITION before start() or twice.
   absl::Status startTraffic();
+  // Hot-add, after startTraffic(): hands devices added since to their feeders (device i belongs
+  // to feeder i % feeders); each starts its workload (and its scheduled injections, timed from
+  // now) at its feeder's next pass. The traffic of the other devices goes on undisturbed. Any
+  // thread. FAILED_PRECONDITION before startTraffic(), once stopped, or for a device already
+  // started; NOT_FOUND for an unknown index. Nothing is started on an error.
+  absl::Status startDevices(std::span<const uint32_t> devices);
   // Manual mode: one pass of every feeder on the calling thread (responses received so far are
   // applied, due injections run, requests issued and delivered). Returns the work done (0: idle).
   size_t step();
@@ -102,6 +119,7 @@ class SimulatedBackend final : public Backend {
   absl::Status map(const MapRequest& request) override;
 
   // --- observation (any thread) -----------------------------------------------------------------
+  // Devices added so far (a hot-add publishes its device before it counts it).
   size_t deviceCount() const;
   SimDeviceStatus deviceStatus(uint32_t device) const;
   const SimDeviceConfig& deviceConfig(uint32_t device) const;
@@ -123,16 +141,30 @@ class SimulatedBackend final : public Backend {
   friend class Feeder;
   void performOverflow();
   void report(std::string message);
+  // The device with this index, or null (not added yet). Any thread.
+  SimDevice* device(uint32_t index) const {
+    return index < device_count_.load(std::memory_order_acquire)
+               ? devices_[index].load(std::memory_order_acquire)
+               : nullptr;
+  }
+  SimDevice& deviceOrThrow(uint32_t index) const;
 
   const Options options_;
   SteadyClock steady_;
   const Clock* clock_;
   RouterSink* sink_ = nullptr;
-  bool traffic_started_ = false;
+  bool traffic_started_ = false;  // guarded by devices_mu_ (written once, before any feeder runs)
   std::atomic<bool> stopped_{false};
 
-  std::vector<std::unique_ptr<SimDevice>> devices_;  // fixed once traffic starts
-  std::vector<std::unique_ptr<Feeder>> feeders_;
+  // Devices: a table of max_devices pointers allocated once, filled in index order and published
+  // with device_count_ (release), so feeders, shards (respond) and observers index it without a
+  // lock while addDevice appends. devices_mu_ serialises the adds (and startTraffic/startDevices).
+  std::mutex devices_mu_;
+  std::unique_ptr<std::atomic<SimDevice*>[]> devices_;
+  std::atomic<uint32_t> device_count_{0};
+  std::vector<std::unique_ptr<SimDevice>> device_storage_;  // guarded by devices_mu_
+  std::vector<bool> device_started_;                        // guarded by devices_mu_
+  std::vector<std::unique_ptr<Feeder>> feeders_;            // fixed once traffic starts
 
   std::mutex domains_mu_;
   std::vector<std::unique_ptr<SoftIoPageTable>> table_storage_;  // guarded by domains_mu_

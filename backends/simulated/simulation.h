@@ -5,8 +5,11 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -34,8 +37,27 @@ struct SimulationOptions {
   // during create(), after the domain was added to the router and before any attachment. Unset:
   // a scenario with a plugin handler is refused.
   std::function<absl::StatusOr<std::shared_ptr<Handler>>(Router& router, DomainId domain,
-                                                          const HandlerSpec& handler)>
+                                                         const HandlerSpec& handler)>
       plugin_handler;
+  // Most simulated devices (the scenario's and those added later by addScenario together).
+  // Unset: SimulatedBackend::kDefaultMaxDevices.
+  std::optional<uint32_t> max_devices;
+};
+
+// What Simulation::addScenario added to the running simulation.
+struct ScenarioAddition {
+  struct Device {
+    uint32_t index = 0;  // the simulator's index (backend handle)
+    DeviceId router_id = 0;
+    std::string name;
+  };
+  std::vector<Device> devices;  // in scenario order, every one started
+  // Domains of the scenario the router did not have, created with the scenario's chains.
+  std::vector<std::pair<std::string, DomainId>> created_domains;
+  // New groups the workloads issue in all (workload max_groups; a replay without loop: its
+  // captured groups, capped by max_groups), retries and injected groups not counted. nullopt: some
+  // workload runs until the simulation stops.
+  std::optional<uint64_t> groups;
 };
 
 class Simulation {
@@ -54,6 +76,18 @@ class Simulation {
   Simulation& operator=(const Simulation&) = delete;
 
   absl::Status start();
+  // Adds a scenario's traffic to the running simulation (after start(), any thread; manual mode:
+  // the thread that steps). Its domains are looked up in the router by name: an existing one is
+  // used as it is (its chain, deadline and address space stay; only its kind must match, else
+  // FAILED_PRECONDITION), a missing one is created with the scenario's definition and built-in
+  // chain (a plugin handler needs SimulationOptions::plugin_handler, else FAILED_PRECONDITION).
+  // Its devices are hot-added to the backend (a name in use: ALREADY_EXISTS; beyond max_devices:
+  // RESOURCE_EXHAUSTED), attached as the scenario says, and started at once; the devices already
+  // running go on undisturbed. Everything is checked before anything changes. The scenario's
+  // `router` and `backend` sections and its duration do not apply (the running router and feeders
+  // carry the new devices; scheduled injections count from the devices' start).
+  // FAILED_PRECONDITION before start() or after stop().
+  absl::StatusOr<ScenarioAddition> addScenario(const Scenario& scenario);
   // Manual mode: one round — the backend's feeders pass once, the router runs until idle, due
   // sim_guest completions run (and the router again). Returns the work done (0: nothing moved).
   size_t step();
@@ -72,6 +106,8 @@ class Simulation {
 
  private:
   absl::Status build();
+  // Adds a scenario domain to the router and the backend with its chain. Setup, or under add_mu_.
+  absl::StatusOr<DomainId> addScenarioDomain(const ScenarioDomain& d);
 
   Scenario scenario_;
   SimulationOptions options_;
@@ -84,6 +120,11 @@ class Simulation {
   std::vector<std::shared_ptr<SimGuest>> guests_;
   std::unique_ptr<Router> router_;
   std::vector<DomainId> domain_ids_;
+  // addScenario against itself and stop(): guards handlers_, guests_, added_domains_, started_
+  // and stopped_ once the simulation is built.
+  mutable std::mutex add_mu_;
+  std::vector<std::pair<std::string, DomainId>> added_domains_;
+  bool started_ = false;
   bool stopped_ = false;
 };
 

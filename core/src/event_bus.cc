@@ -106,16 +106,15 @@ uint64_t EventBus::oldest() const {
 size_t EventBus::read(uint64_t& cursor, std::span<Event> out) const {
   size_t n = 0;
   if (cursor == 0) cursor = 1;
-  while (n < out.size()) {
-    const uint64_t h = head();
-    if (cursor >= h) break;
+  // The head once per call, again only when a slot was overwritten: `next_` is the writers' hottest
+  // cache line, and a reader loading it per event would pull it out of their caches millions of
+  // times a second (a slower router for every watcher). Events published meanwhile wait for the
+  // next call.
+  uint64_t h = head();
+  while (n < out.size() && cursor < h) {
     const uint64_t first_held = h > mask_ + 1 ? h - (mask_ + 1) : 1;
     if (cursor < first_held) {
-      Event gap;
-      gap.type = EventType::kGap;
-      gap.seq = cursor;
-      gap.value = static_cast<int64_t>(first_held - cursor);
-      out[n++] = gap;
+      out[n++] = gapEvent(cursor, static_cast<int64_t>(first_held - cursor));
       cursor = first_held;
       continue;
     }
@@ -133,16 +132,13 @@ size_t EventBus::read(uint64_t& cursor, std::span<Event> out) const {
         continue;
       }
     }
-    // Overwritten before or while we read it: everything up to the new oldest is lost. Loop again:
-    // the gap branch above reports it against the current head.
-    if (cursor >= (head() > mask_ + 1 ? head() - (mask_ + 1) : 1)) {
+    // Overwritten before or while we read it: everything up to the new oldest is lost. Loop again
+    // with a fresh head: the gap branch above reports it.
+    h = head();
+    if (cursor >= (h > mask_ + 1 ? h - (mask_ + 1) : 1)) {
       // The slot was overwritten by a writer whose sequence number is not yet behind the ring
       // (a reservation ran ahead): report this one event as lost.
-      Event gap;
-      gap.type = EventType::kGap;
-      gap.seq = cursor;
-      gap.value = 1;
-      out[n++] = gap;
+      out[n++] = gapEvent(cursor, 1);
       ++cursor;
     }
   }

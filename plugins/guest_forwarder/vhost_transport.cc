@@ -59,58 +59,17 @@ class QueueTransport final : public VmTransport {
   std::shared_ptr<Queue> q_;
 };
 
-// Reads one frame at a time (header, then exactly its payload), so the fds of a frame are never
-// attributed to the frame before it: QEMU sends SET_PROTOCOL_FEATURES (no fd, no reply) and then
-// SET_BACKEND_REQ_FD (one fd) back to back, and one large recvmsg would return both with the fd
-// (a read that starts in a frame without fds).
-class ExactReader {
- public:
-  explicit ExactReader(uint32_t max_payload) : decoder_(max_payload) {}
-  FrameDecoder& decoder() { return decoder_; }
-  // Reads until EAGAIN. false: end of stream or an error.
-  bool readAll(int fd) {
-    for (;;) {
-      size_t need = qemu_socket::kHeaderSize - std::min(buf_.size(), qemu_socket::kHeaderSize);
-      if (need == 0) {
-        const uint32_t size = qemu_socket::decodeHeader(buf_.data()).size;
-        // Oversized frames are fed as they are: the decoder reports them (fatal).
-        need = qemu_socket::kHeaderSize + std::min<uint32_t>(size, decoder_.maxPayload() + 1) - buf_.size();
-      }
-      if (need == 0) {
-        decoder_.feed(buf_, std::move(fds_));
-        buf_.clear();
-        fds_.clear();
-        continue;
-      }
-      uint8_t chunk[512];
-      iovec iov{chunk, std::min(need, sizeof chunk)};
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * qemu_socket::kMaxFdsPerFrame)];
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-      if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-      if (n == 0) return false;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; ++i) {
-          int received;
-          std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-          fds_.emplace_back(received);
-        }
-      }
-      buf_.insert(buf_.end(), chunk, chunk + n);
-    }
+// Reads until EAGAIN. false: end of stream or an error. The sockets read frame by frame
+// (StreamSocket::ReadMode::kFrameBounded), so the fds of a frame are never attributed to the frame
+// before it: QEMU sends SET_PROTOCOL_FEATURES (no fd, no reply) and then SET_BACKEND_REQ_FD (one fd)
+// back to back.
+bool readAll(StreamSocket& socket) {
+  for (;;) {
+    const ssize_t n = socket.readSome();
+    if (n > 0) continue;
+    return n == -EAGAIN || n == -EWOULDBLOCK;
   }
-
- private:
-  FrameDecoder decoder_;
-  std::vector<uint8_t> buf_;
-  std::vector<UniqueFd> fds_;
-};
+}
 
 uint8_t vhostPerm(uint8_t perm) {
   const bool r = (perm & IOPF_PERM_READ) != 0;
@@ -185,8 +144,7 @@ class VhostForwardTransport::Impl {
         log(sdk::LogLevel::kWarning, "a second front-end connected while one is served: refused");
         continue;
       }
-      main_ = std::make_unique<StreamSocket>(std::move(owned), kMaxPayload);
-      main_in_ = std::make_unique<ExactReader>(kMaxPayload);
+      main_ = std::make_unique<StreamSocket>(std::move(owned), kMaxPayload, StreamSocket::ReadMode::kFrameBounded);
       if (!loop_.add(main_->fd(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) { onMain(ev); }).ok()) {
         main_.reset();
         continue;
@@ -199,11 +157,11 @@ class VhostForwardTransport::Impl {
 
   void onMain(uint32_t events) {
     if (!main_) return;
-    const bool alive = main_in_->readAll(main_->fd());
+    const bool alive = readAll(*main_);
     Frame frame;
     FrameError error;
     while (main_) {
-      const FrameDecoder::Result r = main_in_->decoder().next(frame, error);
+      const FrameDecoder::Result r = main_->decoder().next(frame, error);
       if (r == FrameDecoder::Result::kNeedMore) break;
       if (r == FrameDecoder::Result::kError) {
         bump(stats_.protocol_errors);
@@ -321,8 +279,7 @@ class VhostForwardTransport::Impl {
   void openChannel(UniqueFd fd) {
     closeChannel();
     if (!qemu_socket::setNonBlocking(fd.get()).ok()) return;
-    channel_ = std::make_unique<StreamSocket>(std::move(fd), kMaxPayload);
-    channel_in_ = std::make_unique<ExactReader>(kMaxPayload);
+    channel_ = std::make_unique<StreamSocket>(std::move(fd), kMaxPayload, StreamSocket::ReadMode::kFrameBounded);
     if (!loop_.add(channel_->fd(), EPOLLIN | EPOLLRDHUP, [this](uint32_t ev) { onChannel(ev); }).ok()) {
       channel_.reset();
       return;
@@ -352,11 +309,11 @@ class VhostForwardTransport::Impl {
 
   void onChannel(uint32_t events) {
     if (!channel_) return;
-    const bool alive = channel_in_->readAll(channel_->fd());
+    const bool alive = readAll(*channel_);
     Frame frame;
     FrameError error;
     while (channel_) {
-      const FrameDecoder::Result r = channel_in_->decoder().next(frame, error);
+      const FrameDecoder::Result r = channel_->decoder().next(frame, error);
       if (r == FrameDecoder::Result::kNeedMore) break;
       if (r == FrameDecoder::Result::kError) {
         bump(stats_.protocol_errors);
@@ -465,10 +422,8 @@ class VhostForwardTransport::Impl {
   EventLoop loop_;
   UniqueFd listener_;
   std::thread thread_;
-  std::unique_ptr<StreamSocket> main_;  // output; input through main_in_
-  std::unique_ptr<ExactReader> main_in_;
+  std::unique_ptr<StreamSocket> main_;
   std::unique_ptr<StreamSocket> channel_;
-  std::unique_ptr<ExactReader> channel_in_;
   std::shared_ptr<Queue> queue_ = std::make_shared<Queue>();
   std::deque<ForwardedGroup> pending_;
   std::optional<InFlight> in_flight_;

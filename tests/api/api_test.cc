@@ -11,8 +11,10 @@
 #include <iostream>
 #include <thread>
 
+#include "config_loader.h"
 #include "daemon.h"
 #include "iopf/api/health_client.h"
+#include "iopf/api/packed_events.h"
 #include "iopf/in_memory_backend.h"
 #include "iopf/v1/router.grpc.pb.h"
 
@@ -267,6 +269,11 @@ std::vector<v1::Event> readEvents(grpc::ClientReader<v1::WatchBatch>& reader, si
     for (const auto& e : b.events()) {
       if (out.size() < n) out.push_back(e);
     }
+    google::protobuf::RepeatedPtrField<v1::Event> unpacked;
+    EXPECT_TRUE(api::packed::appendAsMessages(b.packed_events(), unpacked).ok());
+    for (const auto& e : unpacked) {
+      if (out.size() < n) out.push_back(e);
+    }
   }
   return out;
 }
@@ -314,6 +321,86 @@ TEST_F(ApiTest, WatchSnapshotDeltasAndExactResume) {
   }
   c2.TryCancel();
   (void)r2->Finish();
+}
+
+// The packed encoding carries exactly what the message encoding carries: the same events, decoded
+// by the client library, serialise to the same bytes (PASID and cookie present and absent).
+TEST_F(ApiTest, PackedEventsCarryTheSameEventsAsMessages) {
+  start();
+  sink_ = daemon_->testSink();
+  const uint64_t since = [&] {
+    v1::Info info;
+    EXPECT_TRUE(stub_->GetInfo(ctx().get(), {}, &info).ok());
+    return info.event_head_seq();
+  }();
+  deliver(2, 6, 40, /*pasid=*/7);  // gpu0 on "fast": answered at once, 5 events per group
+  deliver(2, 4, 60);
+  grpc::ClientContext c1, c2;
+  for (grpc::ClientContext* c : {&c1, &c2}) c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::WatchRequest messages;
+  messages.set_since_seq(since);
+  v1::WatchRequest packed = messages;
+  packed.set_encoding(v1::EVENT_ENCODING_PACKED);
+  auto r1 = stub_->Watch(&c1, messages);
+  auto r2 = stub_->Watch(&c2, packed);
+  // The message stream up to the tenth answer, then as many events of the packed stream.
+  std::vector<v1::Event> a;
+  auto answered = [&] {
+    return std::count_if(a.begin(), a.end(), [](const v1::Event& e) { return e.type() == v1::EVENT_RESPONDED; });
+  };
+  for (v1::WatchBatch batch; answered() < 10;) {
+    ASSERT_TRUE(r1->Read(&batch)) << "the message stream ended after " << a.size() << " events";
+    a.insert(a.end(), batch.events().begin(), batch.events().end());
+  }
+  while (a.back().type() != v1::EVENT_RESPONDED) a.pop_back();  // the tenth answer is the last event
+  ASSERT_EQ(answered(), 10);
+  v1::WatchBatch first_packed;
+  const std::vector<v1::Event> b = readEvents(*r2, a.size(), &first_packed);
+  ASSERT_EQ(b.size(), a.size());
+  EXPECT_EQ(first_packed.events_size(), 0);  // packed: nothing in `events`
+  EXPECT_GT(first_packed.packed_events().size(), 0u);
+  size_t with_pasid = 0, with_cookie = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].SerializeAsString(), b[i].SerializeAsString()) << i << ": " << a[i].ShortDebugString()
+                                                                  << " vs " << b[i].ShortDebugString();
+    with_pasid += a[i].has_pasid();
+    with_cookie += a[i].has_cookie();
+  }
+  EXPECT_GT(with_pasid, 0u);
+  EXPECT_LT(with_pasid, a.size());
+  EXPECT_GT(with_cookie, 0u);
+  c1.TryCancel();
+  c2.TryCancel();
+  (void)r1->Finish();
+  (void)r2->Finish();
+
+  // An encoding this daemon does not know is refused, not guessed.
+  grpc::ClientContext c3;
+  v1::WatchRequest unknown;
+  unknown.set_encoding(static_cast<v1::EventEncoding>(9));
+  auto r3 = stub_->Watch(&c3, unknown);
+  v1::WatchBatch ignored;
+  EXPECT_FALSE(r3->Read(&ignored));
+  const grpc::Status st = r3->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("encoding"), std::string::npos) << st.error_message();
+
+  // A client that receives a torn record says so.
+  google::protobuf::RepeatedPtrField<v1::Event> out;
+  const absl::Status torn = api::packed::appendAsMessages(std::string(api::packed::kRecordSize + 3, '\0'), out);
+  EXPECT_FALSE(torn.ok());
+  EXPECT_EQ(out.size(), 0);
+}
+
+TEST(ConfigLimits, WatchCpuCoresIsANumberOfCores) {
+  EXPECT_TRUE(daemon::parseConfig("limits: {watch_cpu_cores: 0.5}\n", "a.yaml").ok());
+  EXPECT_TRUE(daemon::parseConfig("limits: {max_watchers: 4}\n", "b.yaml").ok());  // unset: the default
+  for (const char* bad : {"-1", "65", ".nan"}) {
+    const auto st = daemon::parseConfig(std::string("limits:\n  watch_cpu_cores: ") + bad + "\n", "c.yaml");
+    ASSERT_FALSE(st.ok()) << bad;
+    EXPECT_NE(st.status().message().find("c.yaml:2: limits.watch_cpu_cores"), std::string::npos)
+        << st.status().message();
+  }
 }
 
 TEST_F(ApiTest, ResumePointGoneIsOutOfRangeOrAGap) {

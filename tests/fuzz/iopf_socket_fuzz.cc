@@ -103,6 +103,19 @@ struct Live {
   iopf::DomainId domain = 0;
 };
 
+// A stall is a finding: say what state the backend was in.
+[[noreturn]] void stalled(const Live& live, const char* what) {
+  const qs::QemuSocketStats st = live.backend->stats();
+  std::fprintf(stderr,
+               "iopf_socket_fuzz: %s (backend: %llu accepted, %llu open, %llu refused, %llu fatal closes, "
+               "%llu frames in)\n",
+               what, static_cast<unsigned long long>(st.connections_accepted),
+               static_cast<unsigned long long>(st.connections_open),
+               static_cast<unsigned long long>(st.connections_refused),
+               static_cast<unsigned long long>(st.fatal_closes), static_cast<unsigned long long>(st.frames_in));
+  std::abort();
+}
+
 void driveLive(const uint8_t* data, size_t size) {
   static Live live;
   auto fd = qs::connectUnix(live.backend->socketPath());
@@ -116,9 +129,8 @@ void driveLive(const uint8_t* data, size_t size) {
   while (sent < size) {
     // Write what fits, read what came back (the backend answers while we write).
     pollfd p{s, POLLOUT | POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) {
-      std::fprintf(stderr, "iopf_socket_fuzz: the backend stopped reading and writing for 10 s\n");
-      std::abort();
+    if (qs::fuzz::pollFor(&p, 1, 10000) <= 0) {
+      stalled(live, "the backend stopped reading and writing for 10 s");
     }
     if (p.revents & POLLIN) {
       if (::recv(s, sink, sizeof(sink), MSG_DONTWAIT) == 0) return;  // closed on us: fine
@@ -133,12 +145,11 @@ void driveLive(const uint8_t* data, size_t size) {
   ::shutdown(s, SHUT_WR);
   for (;;) {
     pollfd p{s, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) {
-      std::fprintf(stderr,
-                   "iopf_socket_fuzz: the backend kept the connection open 10 s after end of input\n");
-      std::abort();
+    if (qs::fuzz::pollFor(&p, 1, 10000) <= 0) {
+      stalled(live, "the backend kept the connection open 10 s after end of input");
     }
     const ssize_t n = ::recv(s, sink, sizeof(sink), 0);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
   }
 }

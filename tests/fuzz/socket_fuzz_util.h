@@ -2,6 +2,10 @@
 // FrameDecoder the way a socket delivers them (frames cut anywhere).
 #pragma once
 
+#include <errno.h>
+#include <poll.h>
+
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -38,6 +42,19 @@ void decodeChunked(FrameDecoder& decoder, std::span<const uint8_t> bytes, uint32
     }
   }
   if (auto err = decoder.finish()) on_error(*err);
+}
+
+// poll() for up to timeout_ms in all, restarted after a signal: libFuzzer's -timeout watchdog sends
+// SIGALRM every second, and an interrupted poll is not a peer that stopped talking. Returns what
+// poll returns (0 only when the whole time passed without an event).
+inline int pollFor(pollfd* fds, nfds_t n, int timeout_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now()).count();
+    const int rc = ::poll(fds, n, left > 0 ? static_cast<int>(left) : 0);
+    if (rc >= 0 || errno != EINTR) return rc;
+  }
 }
 
 // Answers every group at once: INVALID if the last request's address has `invalid_bit` set, else

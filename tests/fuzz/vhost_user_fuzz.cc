@@ -141,7 +141,7 @@ void driveLive(std::span<const uint8_t> main_part, std::span<const uint8_t> chan
     pollfd p[2] = {{s, static_cast<short>(POLLIN | (sent < main_part.size() ? POLLOUT : 0)), 0},
                    {channel.get(), POLLOUT, 0}};
     const bool use_channel = channel.valid() && channel_sent < channel_part.size();
-    const int rc = ::poll(p, use_channel ? 2 : 1, 10000);
+    const int rc = qs::fuzz::pollFor(p, use_channel ? 2 : 1, 10000);
     if (rc <= 0) {
       if (sent >= main_part.size()) break;  // the front-end waits for a reply it never gets: fine
       deadline();
@@ -165,7 +165,7 @@ void driveLive(std::span<const uint8_t> main_part, std::span<const uint8_t> chan
   if (channel.valid()) ::shutdown(channel.get(), SHUT_WR);
   while (open) {
     pollfd p{s, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) deadline();
+    if (qs::fuzz::pollFor(&p, 1, 10000) <= 0) deadline();
     open = drain(s, channel);
   }
 }

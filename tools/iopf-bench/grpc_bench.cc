@@ -3,6 +3,7 @@
 // measured in one run. Watchers run in-process over a Unix socket (real gRPC, real HTTP/2).
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,7 @@
 
 #include "bench_common.h"
 #include "bench_modes.h"
+#include "iopf/api/packed_events.h"
 #include "iopf/api/router_service.h"
 #include "iopf/api/server.h"
 #include "iopf/clock.h"
@@ -35,7 +37,8 @@ struct WatchResult {
   uint64_t messages = 0;
 };
 
-WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch, double cpu_cores) {
+WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch, double cpu_cores,
+                            v1::EventEncoding encoding = v1::EVENT_ENCODING_MESSAGES) {
   NullControl control;
   std::unique_ptr<api::RouterService> service;
   std::unique_ptr<api::ApiServer> server;
@@ -68,6 +71,7 @@ WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch
         v1::WatchRequest req;
         req.set_max_batch(max_batch);
         req.set_allow_gap(true);
+        req.set_encoding(encoding);
         auto reader = stub->Watch(contexts[w].get(), req);
         v1::WatchBatch batch;
         bool first = true;
@@ -76,7 +80,11 @@ WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch
             connected.fetch_add(1);
             first = false;
           }
-          events.fetch_add(static_cast<uint64_t>(batch.events_size()), std::memory_order_relaxed);
+          // A packed client reads its events in place (packed::EventView); counting them is the cost.
+          const uint64_t n = encoding == v1::EVENT_ENCODING_PACKED
+                                 ? batch.packed_events().size() / api::packed::kRecordSize
+                                 : static_cast<uint64_t>(batch.events_size());
+          events.fetch_add(n, std::memory_order_relaxed);
           lost.fetch_add(batch.lost(), std::memory_order_relaxed);
           messages.fetch_add(1, std::memory_order_relaxed);
         }
@@ -115,6 +123,29 @@ WatchResult runWithWatchers(LoadOptions o, unsigned watchers, uint32_t max_batch
   return result;
 }
 
+// The configurations one run measures, in the order of each round.
+struct Config {
+  const char* name;
+  unsigned watchers;
+  double cores;  // < 0: the daemon's budget (--watch-cpu-cores); 0: unpaced
+  v1::EventEncoding encoding;
+};
+constexpr Config kConfigs[] = {
+    {"watchers_0", 0, -1, v1::EVENT_ENCODING_MESSAGES},
+    {"watchers_1", 1, -1, v1::EVENT_ENCODING_MESSAGES},
+    {"watchers_4", 4, -1, v1::EVENT_ENCODING_MESSAGES},
+    // Capacity: one watcher without pacing (what a watcher can take when CPU is no object).
+    {"watchers_1_unpaced", 1, 0, v1::EVENT_ENCODING_MESSAGES},
+    // EVENT_ENCODING_PACKED: 72-byte records instead of one message per event.
+    {"watchers_1_packed", 1, -1, v1::EVENT_ENCODING_PACKED},
+    {"watchers_4_packed", 4, -1, v1::EVENT_ENCODING_PACKED},
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
 }  // namespace
 
 int runGrpc(const Args& args) {
@@ -125,43 +156,76 @@ int runGrpc(const Args& args) {
   o.window_per_device = static_cast<uint32_t>(args.number("window", 256));
   o.shards = static_cast<unsigned>(args.number("shards", 1));
   const auto max_batch = static_cast<uint32_t>(args.number("max-batch", 1024));
-  const bool json = args.flag("json");
+  // Rounds: every configuration once per round, medians over the rounds. On a small shared machine
+  // the routing rate drifts by tens of percent between seconds; interleaving keeps each
+  // configuration next to its baseline and the median drops the odd disturbed window.
+  const auto rounds = static_cast<unsigned>(std::max(1.0, args.number("rounds", 3)));
 
   // The daemon's default CPU budget of all watchers together (api::ServiceOptions::watch_cpu_cores).
   const double cores = args.number("watch-cpu-cores", api::ServiceOptions{}.watch_cpu_cores);
-  const WatchResult none = runWithWatchers(o, 0, max_batch, cores);
-  const WatchResult one = runWithWatchers(o, 1, max_batch, cores);
-  const WatchResult four = runWithWatchers(o, 4, max_batch, cores);
-  // Capacity: one watcher without pacing (what a watcher can take when CPU is no object).
-  const WatchResult unpaced = runWithWatchers(o, 1, max_batch, 0);
+  constexpr size_t kN = std::size(kConfigs);
+  std::vector<std::vector<WatchResult>> runs(kN);
+  (void)args.flag("json");  // the output is JSON either way
+  // --only NAME: that configuration alone (and the baseline), e.g. under a profiler.
+  const std::string only = args.text("only", "");
+  if (!only.empty() && std::none_of(std::begin(kConfigs), std::end(kConfigs),
+                                    [&](const Config& c) { return only == c.name; })) {
+    throw std::invalid_argument("--only " + only + ": not a configuration of this benchmark");
+  }
+  for (unsigned r = 0; r < rounds; ++r) {
+    // Each round starts one configuration later: none is always the one after a teardown.
+    for (size_t k = 0; k < kN; ++k) {
+      const size_t c = (r + k) % kN;
+      const Config& cfg = kConfigs[c];
+      if (!only.empty() && c != 0 && only != cfg.name) {
+        runs[c].push_back(WatchResult{});
+        continue;
+      }
+      runs[c].push_back(runWithWatchers(o, cfg.watchers, max_batch, cfg.cores < 0 ? cores : cfg.cores, cfg.encoding));
+    }
+  }
+  auto med = [&](size_t c, auto field) {
+    std::vector<double> v;
+    for (const WatchResult& w : runs[c]) v.push_back(static_cast<double>(field(w)));
+    return median(v);
+  };
+  auto routing = [](const WatchResult& w) { return w.routing_groups_per_s; };
+  // Slowdown per round against that round's baseline, then the median.
+  auto slowdown = [&](size_t c) {
+    std::vector<double> v;
+    for (unsigned r = 0; r < rounds; ++r) v.push_back(1.0 - runs[c][r].routing_groups_per_s / runs[0][r].routing_groups_per_s);
+    return median(v);
+  };
   Json j;
   j.begin();
   j.field("mode", "grpc");
   j.field("seconds", o.seconds);
+  j.field("rounds", static_cast<uint64_t>(rounds));
   j.field("max_batch", static_cast<uint64_t>(max_batch));
   j.field("watch_cpu_cores", cores);
+  auto shown = [&](size_t c) { return only.empty() || c == 0 || only == kConfigs[c].name; };
   j.key("routing_groups_per_s").begin();
-  j.field("watchers_0", none.routing_groups_per_s);
-  j.field("watchers_1", one.routing_groups_per_s);
-  j.field("watchers_4", four.routing_groups_per_s);
-  j.field("slowdown_1", 1.0 - one.routing_groups_per_s / none.routing_groups_per_s);
-  j.field("slowdown_4", 1.0 - four.routing_groups_per_s / none.routing_groups_per_s);
-  j.field("watchers_1_unpaced", unpaced.routing_groups_per_s);
-  j.field("slowdown_1_unpaced", 1.0 - unpaced.routing_groups_per_s / none.routing_groups_per_s);
+  for (size_t c = 0; c < kN; ++c) {
+    if (shown(c)) j.field(kConfigs[c].name, med(c, routing));
+  }
   j.end();
-  for (const auto& [name, w, n] : {std::tuple{"watchers_1", one, 1u}, std::tuple{"watchers_4", four, 4u},
-                                   std::tuple{"watchers_1_unpaced", unpaced, 1u}}) {
-    j.key(name).begin();
-    j.field("events_per_s", w.events_per_s);
-    j.field("events_per_s_per_watcher", w.events_per_s / n);
-    j.field("events", w.events);
-    j.field("lost_in_gaps", w.lost);
-    j.field("messages", w.messages);
+  j.key("slowdown").begin();  // median over rounds of 1 - routing(config) / routing(no watcher)
+  for (size_t c = 1; c < kN; ++c) {
+    if (shown(c)) j.field(kConfigs[c].name, slowdown(c));
+  }
+  j.end();
+  for (size_t c = 1; c < kN; ++c) {
+    if (!shown(c)) continue;
+    const double events = med(c, [](const WatchResult& w) { return w.events_per_s; });
+    j.key(kConfigs[c].name).begin();
+    j.field("events_per_s", events);
+    j.field("events_per_s_per_watcher", events / kConfigs[c].watchers);
+    j.field("lost_in_gaps", med(c, [](const WatchResult& w) { return w.lost; }));
+    j.field("messages", med(c, [](const WatchResult& w) { return w.messages; }));
     j.end();
   }
   j.end();
   std::cout << j.str() << std::endl;
-  (void)json;
   return 0;
 }
 

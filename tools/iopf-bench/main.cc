@@ -42,8 +42,9 @@ const Mode kModes[] = {
 #ifdef IOPF_BENCH_GRPC
     {"grpc", iopf::bench::runGrpc,
      "events/s through iopf.v1.Router/Watch to 1 and 4 watchers during the core load, and routing\n"
-     "      throughput with 0, 1 and 4 watchers (paced to --watch-cpu-cores, default 0.15) and one unpaced\n"
-     "      [--seconds S] [--max-batch N] [--watch-cpu-cores C] [--json]"},
+     "      throughput with 0, 1 and 4 watchers (paced to --watch-cpu-cores, default 0.15), one unpaced,\n"
+     "      and 1 and 4 with the packed encoding; each configuration once per round, medians over rounds\n"
+     "      [--seconds S] [--rounds N] [--max-batch N] [--watch-cpu-cores C] [--only CONFIG] [--json]"},
 #endif
 };
 

@@ -36,6 +36,8 @@ const char* kHelp =
     "        EXPR: comma-separated key=value: type=responded|request|…, domain=N, device=N, pasid=N, group=N\n"
     "  respond ID success|invalid [--reason TEXT]\n"
     "  pause DOMAIN | resume DOMAIN   hold the domain's new groups (deadlines still run) / release them\n"
+    "  run-scenario PATH              add a scenario's devices to the running simulation (PATH on the\n"
+    "                                 daemon's host, relative to its config file's directory)\n"
     "  stats | plugins | health | reload\n"
     "ADDR: unix:PATH (default $IOPF_ADDR or unix:/run/iopf/iopfd.sock) or HOST:PORT (TLS)\n";
 
@@ -403,6 +405,33 @@ int run(Options& o) {
     if (o.json) return print(r), 0;
     std::printf("domain %u %s (was %s; %" PRIu64 " groups waiting)\n", req.domain(),
                 req.paused() ? "paused" : "resumed", r.was_paused() ? "paused" : "running", r.waiting_groups());
+    return 0;
+  }
+  if (cmd == "run-scenario") {
+    if (o.args.size() != 2) usageError("run-scenario needs a scenario PATH");
+    iopf::v1::RunScenarioRequest req;
+    req.set_path(o.args[1]);
+    iopf::v1::RunScenarioResponse r;
+    auto ctx = c.context();
+    if (auto st = c.stub().RunScenario(ctx.get(), req, &r); !st.ok()) return fail(st);
+    if (o.json) return print(r), 0;
+    std::printf("started %d device(s), created %d domain(s); %s\n", r.devices_size(), r.created_domains_size(),
+                r.bounded() ? (std::to_string(r.groups()) + " new groups to issue").c_str()
+                            : "some workloads run until iopfd stops");
+    std::printf("%-5s %-20s %-8s %-8s %-6s %-6s\n", "ID", "NAME", "HANDLE", "RID", "PRI", "PASID");
+    for (const auto& d : r.devices()) {
+      std::printf("%-5u %-20s %-8" PRIu64 " %-8s %-6u %-6u\n", d.id(), d.name().c_str(), d.backend_handle(),
+                  rid(d.rid()).c_str(), d.pri_allocation(), d.pasid_bits());
+    }
+    if (r.created_domains_size() > 0) {
+      std::printf("%-5s %-20s %-7s %-10s %-6s %s\n", "DOM", "NAME", "KIND", "DEADLINE", "SHARD", "CHAIN");
+      for (const auto& d : r.created_domains()) {
+        std::string chain;
+        for (const auto& h : d.chain()) chain += (chain.empty() ? "" : " → ") + h;
+        std::printf("%-5u %-20s %-7s %-10s %-6u %s\n", d.id(), d.name().c_str(), d.kind().c_str(),
+                    (std::to_string(d.deadline_ns() / 1000000) + "ms").c_str(), d.shard(), chain.c_str());
+      }
+    }
     return 0;
   }
   if (cmd == "stats") {

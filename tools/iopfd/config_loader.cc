@@ -223,6 +223,9 @@ absl::StatusOr<LoadedConfig> parseConfig(const std::string& text, const std::str
   if ((c.socket_mode() & 07) != 0) {
     return bad("socket_mode", "gives every local user access to the router: use 0660 (owner and group) or 0600");
   }
+  if (const double cores = c.limits().watch_cpu_cores(); cores != 0 && !(cores > 0 && cores <= 64)) {
+    return bad("limits.watch_cpu_cores", absl::StrCat("must be a number of cores in (0, 64], not ", cores));
+  }
   std::set<std::string> backend_names;
   for (int i = 0; i < c.backends_size(); ++i) {
     const auto& b = c.backends(i);
@@ -231,6 +234,13 @@ absl::StatusOr<LoadedConfig> parseConfig(const std::string& text, const std::str
     if (!backend_names.insert(b.name()).second) return bad(f + ".name", "duplicate backend '" + b.name() + "'");
     if (b.type() == "simulated") {
       if (b.scenario().empty()) return bad(f + ".scenario", "a simulated backend needs a scenario file");
+      for (const auto& [key, v] : b.options().fields()) {
+        if (key != "max_devices") return bad(f + ".options." + key, "unknown option of a simulated backend (max_devices)");
+        if (v.kind_case() != google::protobuf::Value::kNumberValue || v.number_value() < 1 ||
+            v.number_value() > 65536 || v.number_value() != static_cast<double>(static_cast<uint32_t>(v.number_value()))) {
+          return bad(f + ".options.max_devices", "must be a whole number from 1 to 65536");
+        }
+      }
     } else if (b.type() == "memory") {
       std::set<std::string> devs;
       for (int d = 0; d < b.devices_size(); ++d) {

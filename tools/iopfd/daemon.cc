@@ -277,6 +277,7 @@ absl::Status Daemon::start(const DaemonOptions& options, std::optional<LoadedCon
   if (c.limits().max_watchers() != 0) so.max_watchers = c.limits().max_watchers();
   if (c.limits().max_list_page() != 0) so.max_list_page = c.limits().max_list_page();
   if (c.limits().recent_groups() != 0) so.recent_groups = c.limits().recent_groups();
+  if (c.limits().watch_cpu_cores() != 0) so.watch_cpu_cores = c.limits().watch_cpu_cores();  // checked by the loader
   if (!c.token_file().empty()) {
     std::ifstream in(c.token_file());
     if (!in) return absl::InvalidArgumentError(lc.where("token_file") + "cannot read '" + c.token_file() + "'");
@@ -526,10 +527,11 @@ absl::Status Daemon::injectFault(const v1::InjectFaultRequest& request) {
   return last;
 }
 
-absl::Status Daemon::runScenario(const std::string& path) {
+absl::Status Daemon::runScenario(const std::string& path, v1::RunScenarioResponse& out) {
   absl::Status last = absl::UnimplementedError("no backend can run scenarios");
+  if (drained_.load()) return absl::UnavailableError("iopfd is draining");
   for (const auto& b : backends_) {
-    last = b->runScenario(path);
+    last = b->runScenario(path, out);
     if (last.code() != absl::StatusCode::kUnimplemented) return last;
   }
   return last;

@@ -45,8 +45,11 @@ class DaemonBackend {
     (void)request;
     return absl::UnimplementedError("backend '" + type() + "' has no fault injection");
   }
-  virtual absl::Status runScenario(const std::string& path) {
+  // Simulator control: adds a scenario's devices to the running system (docs/api.md, RunScenario).
+  // `path` relative to the config's directory.
+  virtual absl::Status runScenario(const std::string& path, v1::RunScenarioResponse& out) {
     (void)path;
+    (void)out;
     return absl::UnimplementedError("backend '" + type() + "' cannot run scenarios");
   }
   // Handlers this backend contributes (e.g. the simulator's built-ins).
@@ -88,7 +91,7 @@ class Daemon final : public api::DaemonControl {
   absl::StatusOr<std::vector<std::shared_ptr<Handler>>> resolveChain(
       DomainId domain, const std::vector<std::string>& names) override;
   absl::Status injectFault(const v1::InjectFaultRequest& request) override;
-  absl::Status runScenario(const std::string& path) override;
+  absl::Status runScenario(const std::string& path, v1::RunScenarioResponse& out) override;
 
  private:
   absl::Status applyDomainsAndAttachments(const LoadedConfig& config, bool initial);

@@ -71,6 +71,15 @@ struct Event {
 };
 static_assert(sizeof(Event) == 72 && std::is_trivially_copyable_v<Event>);
 
+// A gap marker: the events from `seq` on were lost, `lost` of them (-1: an unknown number).
+inline Event gapEvent(uint64_t seq, int64_t lost) {
+  Event gap;
+  gap.type = EventType::kGap;
+  gap.seq = seq;
+  gap.value = lost;
+  return gap;
+}
+
 class EventBus {
  public:
   // `capacity` is rounded up to a power of two (minimum 64).
@@ -97,7 +106,8 @@ class EventBus {
   // Reads events starting at *cursor into `out`, advances *cursor, returns how many were written.
   // If *cursor is older than the oldest event still held, the first event written is a gap marker
   // (type kGap, seq = *cursor, value = number of events lost) and reading resumes at the oldest.
-  // Stops early at an event still being written.
+  // Stops early at an event still being written, and at the head it saw when called (one load of
+  // the writers' counter per call): call again for what was published meanwhile.
   size_t read(uint64_t& cursor, std::span<Event> out) const;
 
  public:

@@ -1,11 +1,13 @@
 // Codec tests: golden byte vectors for every message of the "iopf" profile and for the shared
 // records, and the framing decoder's own error cases (docs/protocols/qemu-socket.md §2-§3).
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 
 #include "gtest/gtest.h"
 #include "iopf_protocol.h"
 #include "pgfault_record.h"
 #include "raw_peer.h"
+#include "socket_io.h"
 #include "vhost_user_codec.h"
 
 namespace iopf::qemu_socket {
@@ -170,6 +172,60 @@ TEST(FrameDecoder, FdsBelongToTheFrameOfTheirFirstByte) {
   ASSERT_EQ(d.next(f, e), FrameDecoder::Result::kFrame);
   ASSERT_EQ(f.fds.size(), 1u);
   EXPECT_TRUE(f.fds[0].valid());
+}
+
+TEST(FrameDecoder, BytesToFrameEndWalksBufferedFrames) {
+  FrameDecoder d(1024);
+  EXPECT_EQ(d.bytesToFrameEnd(), kHeaderSize);
+  const std::vector<uint8_t> a = p2::deviceDelFrame(1);  // 12-byte header + 4-byte payload
+  d.feed(std::span<const uint8_t>(a.data(), 5));
+  EXPECT_EQ(d.bytesToFrameEnd(), kHeaderSize - 5);
+  d.feed(std::span<const uint8_t>(a.data() + 5, kHeaderSize - 5));
+  EXPECT_EQ(d.bytesToFrameEnd(), 4u);
+  d.feed(std::span<const uint8_t>(a.data() + kHeaderSize, 4));
+  EXPECT_EQ(d.bytesToFrameEnd(), kHeaderSize);  // one whole frame buffered: the next one's header
+  std::vector<uint8_t> huge(kHeaderSize);
+  encodeHeader({p2::kDeviceDel, kVersion, 4096}, huge.data());
+  d.feed(huge);
+  EXPECT_EQ(d.bytesToFrameEnd(), 1u);  // over the limit: next() refuses it, no payload to wait for
+}
+
+// A real socket: the kernel returns a message's fds with a read that began in the message before
+// (recvmsg glues skbs of one writer). Frame A (no fds) and frame B (one fd) are both queued before
+// the first read; frame-bounded reads hand the fd to B, as vhost-user means.
+TEST(StreamSocket, FrameBoundedReadsGiveFdsToTheirOwnFrame) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd writer(sv[0]);
+  StreamSocket reader(UniqueFd(sv[1]), 1024, StreamSocket::ReadMode::kFrameBounded);
+  const std::vector<uint8_t> a = p2::deviceDelFrame(1);
+  const std::vector<uint8_t> b = p2::deviceDelFrame(2);
+  ASSERT_EQ(::send(writer.get(), a.data(), a.size(), 0), static_cast<ssize_t>(a.size()));
+  UniqueFd event(::eventfd(0, EFD_CLOEXEC));
+  StreamSocket sender(std::move(writer), 1024);
+  const int fd = event.get();
+  ASSERT_TRUE(sender.queueFrameWithFds(b, std::span<const int>(&fd, 1)).ok());
+  ASSERT_TRUE(sender.flush().ok());
+  ASSERT_FALSE(sender.wantsWrite());
+
+  struct Seen {
+    uint32_t dev_id;
+    size_t fds;
+  };
+  std::vector<Seen> seen;  // a Frame's payload points into the decoder: read it before the next read
+  for (int reads = 0; seen.size() < 2 && reads < 16; ++reads) {
+    ASSERT_GT(reader.readSome(), 0);
+    Frame f;
+    FrameError e;
+    while (reader.decoder().next(f, e) == FrameDecoder::Result::kFrame) {
+      seen.push_back({getU32(f.payload.data()), f.fds.size()});
+    }
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].dev_id, 1u);
+  EXPECT_EQ(seen[0].fds, 0u);
+  EXPECT_EQ(seen[1].dev_id, 2u);
+  EXPECT_EQ(seen[1].fds, 1u);
 }
 
 struct DecoderCase {

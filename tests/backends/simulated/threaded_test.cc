@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -164,6 +166,117 @@ TEST(SimulatedThreaded, ShippedTortureScenarioRunsClean) {
   EXPECT_EQ((*sim)->backend().bogusReportCount(), 0u);
   EXPECT_EQ(t.counters[Counter::kResponses], router.stats().responses);
   EXPECT_EQ(t.open_groups, t.lost_groups);
+}
+
+// Hot-add under threads: while the feeders, shards and guests of kMixed run, two threads add
+// scenarios (new devices on running and on new domains, a new guest domain each) and a third
+// observes and injects into whatever exists. The added workloads finish, the running devices keep
+// being answered, and the device and router views agree at the end.
+std::string addedScenario(int thread, int round) {
+  const std::string p = "t" + std::to_string(thread) + "r" + std::to_string(round);
+  return R"({"name": ")" + p + R"(", "seed": )" + std::to_string(10 * thread + round) + R"(,
+    "domains": [
+      {"name": "host"},
+      {"name": "guest_)" +
+         p + R"(", "kind": "nested", "address_space": [{"base": "0x100000", "size": "4MiB"}],
+       "chain": [{"name": "sim_guest", "delay_us": 10}]}
+    ],
+    "devices": [
+      {"name": "nic_)" +
+         p + R"(", "count": 2, "pri_allocation": 8,
+       "workload": {"base": "0x100000", "size": "4MiB", "group_size": {"min": 1, "max": 3}, "max_groups": 300}},
+      {"name": "vf_)" +
+         p + R"(", "pri_allocation": 8, "pasid_bits": 4, "pasids": [1, 2],
+       "workload": {"base": "0x100000", "size": "4MiB", "max_groups": 200}}
+    ],
+    "attachments": [{"device": "nic_)" +
+         p + R"(*", "domain": "host"},
+                    {"device": "vf_)" +
+         p + R"(", "domain": "guest_)" + p + R"("}]
+  })";
+}
+
+TEST(SimulatedThreaded, HotAddWhileTrafficRuns) {
+  auto scenario = parseScenario(kMixed, "threaded.json");
+  ASSERT_TRUE(scenario.ok()) << scenario.status();
+  auto sim = Simulation::create(*scenario, {});
+  ASSERT_TRUE(sim.ok()) << sim.status();
+  Router& router = (*sim)->router();
+  SimulatedBackend& backend = (*sim)->backend();
+  ASSERT_TRUE((*sim)->start().ok());
+  const uint32_t nic0 = *backend.deviceIndex("nic0");
+  ASSERT_TRUE(waitFor([&] { return backend.deviceStatus(nic0).counters[Counter::kResponses] > 1000; }));
+  const uint64_t nic0_before = backend.deviceStatus(nic0).counters[Counter::kResponses];
+
+  constexpr int kThreads = 2, kRounds = 3;
+  std::atomic<int> adders_done{0};
+  std::vector<std::vector<ScenarioAddition>> additions(kThreads);
+  std::vector<std::thread> adders;
+  for (int t = 0; t < kThreads; ++t) {
+    adders.emplace_back([&, t] {
+      for (int r = 0; r < kRounds; ++r) {
+        auto more = parseScenario(addedScenario(t, r), "added.json");
+        ASSERT_TRUE(more.ok()) << more.status();
+        auto added = (*sim)->addScenario(*more);
+        ASSERT_TRUE(added.ok()) << added.status();
+        additions[t].push_back(std::move(*added));
+      }
+      adders_done.fetch_add(1);
+    });
+  }
+  // Reads every device the backend has (hot-added ones included) and pokes them while adds go on.
+  std::thread observer([&] {
+    uint64_t i = 0;
+    while (adders_done.load() < kThreads) {
+      const size_t n = backend.deviceCount();
+      const SimTotals totals = backend.totals();
+      EXPECT_GE(totals.devices, n);
+      const auto d = static_cast<uint32_t>(i++ % n);
+      (void)backend.deviceStatus(d);
+      (void)backend.deviceIndex(backend.deviceConfig(d).name);
+      if (i % 64 == 0) {
+        EXPECT_TRUE(backend.inject(d, Injection{InjectionKind::kBurst, 4, std::nullopt}).ok());
+      }
+      std::this_thread::yield();
+    }
+  });
+  for (auto& t : adders) t.join();
+  observer.join();
+
+  std::vector<uint32_t> added;
+  for (const auto& per_thread : additions) {
+    ASSERT_EQ(per_thread.size(), static_cast<size_t>(kRounds));
+    for (const ScenarioAddition& a : per_thread) {
+      ASSERT_EQ(a.devices.size(), 3u);
+      ASSERT_EQ(a.created_domains.size(), 1u);
+      ASSERT_EQ(a.groups, std::optional<uint64_t>(300 + 300 + 200));
+      for (const auto& d : a.devices) added.push_back(d.index);
+    }
+  }
+  ASSERT_TRUE(waitFor([&] {
+    for (uint32_t d : added) {
+      if (!backend.deviceStatus(d).workload_done) return false;
+    }
+    return true;
+  }));
+  // The devices that ran before the adds kept being answered throughout.
+  ASSERT_TRUE(
+      waitFor([&] { return backend.deviceStatus(nic0).counters[Counter::kResponses] > nic0_before + 1000; }));
+  (*sim)->stop();
+
+  const StatsSnapshot rs = router.stats();
+  const SimTotals t = backend.totals();
+  EXPECT_EQ(t.devices, 8u + kThreads * kRounds * 3u);
+  EXPECT_EQ(backend.bogusReportCount(), 0u);
+  EXPECT_EQ(t.counters[Counter::kBogusResponses], 0u);
+  EXPECT_EQ(t.unknown_device_responses, 0u);
+  EXPECT_EQ(t.counters[Counter::kResponses], rs.responses);
+  EXPECT_EQ(t.open_groups, t.lost_groups);
+  for (uint32_t d : added) {
+    const SimDeviceStatus s = backend.deviceStatus(d);
+    EXPECT_GT(s.counters[Counter::kCompletedAccesses], 0u) << s.name;
+    EXPECT_EQ(s.open_groups, 0u) << s.name;
+  }
 }
 
 }  // namespace

@@ -34,8 +34,10 @@ class DaemonControl {
     (void)request;
     return absl::UnimplementedError("no simulated backend: InjectFault is unavailable");
   }
-  virtual absl::Status runScenario(const std::string& path) {
+  // Adds a scenario's traffic to the running simulation; fills `out` with what it started.
+  virtual absl::Status runScenario(const std::string& path, v1::RunScenarioResponse& out) {
     (void)path;
+    (void)out;
     return absl::UnimplementedError("no simulated backend: RunScenario is unavailable");
   }
 };
@@ -50,7 +52,7 @@ struct ServiceOptions {
   // CPU the Watch streams may use together, in cores (0: unpaced). Each watcher's thread is paced
   // to its share (this / active watchers) of its own CPU time, so watchers never take the cores the
   // router needs; a watcher that cannot keep up at its share falls behind and gets a gap marker.
-  double watch_cpu_cores = 0.15;
+  double watch_cpu_cores = 0.08;
 };
 
 class RouterService final : public v1::Router::Service {
