@@ -7,6 +7,7 @@
 #include <QtConcurrent/QtConcurrentRun>
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <map>
 #include <tuple>
 
@@ -19,6 +20,12 @@ QString hex(uint64_t v) { return QStringLiteral("0x") + QString::number(v, 16); 
 }  // namespace
 
 v1::Group groupFromEvents(const EventStore& store, int daemon, uint64_t group) {
+  return groupFromEvents(store.view(), daemon, group, {});
+}
+
+v1::Group groupFromEvents(const EventStore::View& store, int daemon, uint64_t group, const std::function<bool()>& cancelled,
+                          bool* was_cancelled) {
+  if (was_cancelled) *was_cancelled = false;
   v1::Group g;
   g.set_id(group);
   bool first = true;
@@ -28,7 +35,11 @@ v1::Group groupFromEvents(const EventStore& store, int daemon, uint64_t group) {
   auto keyOf = [](const Event& e) {
     return std::make_tuple(e.device, (e.flags & event_flag::kPasidValid) ? static_cast<int64_t>(e.pasid) : int64_t{-1}, e.grpid);
   };
-  for (uint64_t i = store.base(); i < store.end(); ++i) {
+  for (uint64_t i = store.base; i < store.end; ++i) {
+    if ((i & 0x3fff) == 0 && cancelled && cancelled()) {
+      if (was_cancelled) *was_cancelled = true;
+      return g;
+    }
     const LogRow& r = store.at(i);
     if (r.daemon != daemon) continue;
     if (r.e.type == EventType::kRequest && r.e.group == 0) {
@@ -134,7 +145,15 @@ DetailPane::DetailPane(Session* session, QWidget* parent) : QWidget(parent), s_(
   l->addWidget(tree_, 1);
   throttle_.setSingleShot(true);
   throttle_.setInterval(300);
-  connect(&throttle_, &QTimer::timeout, this, &DetailPane::refresh);
+  connect(&throttle_, &QTimer::timeout, this, [this] {
+    // One job at a time for the shown group: a refresh asked for while it runs follows it (else a
+    // long scan of a big history could be cancelled by every new event of the group).
+    if (loading_) {
+      refresh_pending_ = true;
+    } else {
+      refresh();
+    }
+  });
   connect(s_, &Session::watchedGroupTouched, this, [this] {
     if (!throttle_.isActive()) throttle_.start();
   });
@@ -145,57 +164,89 @@ void DetailPane::showGroup(int daemon, uint64_t group) {
   daemon_ = daemon;
   group_ = group;
   loaded_ = false;
+  refresh_pending_ = false;
   s_->watchGroup(daemon, group);
   tree_->clear();
   header_->setText(tr("Loading group %1…").arg(group));
   refresh();
 }
 
+// Every refresh is a job on the thread pool: GetGroup for a live daemon, and a scan of an immutable
+// view of the event history (offline, a forgotten group, or to fill in what GetGroup lacks). A newer
+// selection or refresh bumps the job number: the older job stops at its next check and its result
+// is dropped. The GUI thread only takes the view (a few shared pointers) and renders the result.
 void DetailPane::refresh() {
   if (daemon_ < 0) return;
   const uint64_t job = ++job_;
+  cancel_->store(job);
   const int daemon = daemon_;
   const uint64_t group = group_;
-  auto stub = s_->daemon(daemon).transport->stub();
-  auto meta = s_->daemon(daemon).transport->metadata();
-  QPointer<DetailPane> self(this);
-  if (!stub) {
-    render(groupFromEvents(s_->store(), daemon, group), tr("event history"));
-    return;
+  const DaemonState& ds = s_->daemon(daemon);
+  std::shared_ptr<v1::Router::StubInterface> stub = ds.transport ? ds.transport->stub() : nullptr;
+  std::vector<std::pair<std::string, std::string>> meta;
+  if (ds.transport) meta = ds.transport->metadata();
+  loading_ = true;
+  if (!loaded_) {
+    header_->setText(stub ? tr("Loading group %1…").arg(group)
+                          : tr("Loading group %1 from the event history (%2 events)…").arg(group).arg(s_->store().kept()));
   }
-  (void)QtConcurrent::run([self, stub, meta, job, group]() {
+  EventStore::View view = s_->store().view();
+  QPointer<DetailPane> self(this);
+  auto cancel = cancel_;
+  auto running = running_;
+  running->fetch_add(1);
+  ++jobs_started_;
+  (void)QtConcurrent::run([self, stub, meta, job, daemon, group, view = std::move(view), cancel, running]() {
+    auto stale = [&] { return cancel->load(std::memory_order_relaxed) != job; };
     auto g = std::make_shared<v1::Group>();
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    for (const auto& [k, v] : meta) ctx.AddMetadata(k, v);
-    v1::GetGroupRequest req;
-    req.set_id(group);
-    const grpc::Status st = stub->GetGroup(&ctx, req, g.get());
-    const QString err = st.ok() ? QString() : QString::fromStdString(st.error_message());
+    QString source;
+    bool dropped = false;
+    if (stub) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      for (const auto& [k, v] : meta) ctx.AddMetadata(k, v);
+      v1::GetGroupRequest req;
+      req.set_id(group);
+      const grpc::Status st = stub->GetGroup(&ctx, req, g.get());
+      if (st.ok()) {
+        // The daemon's recent history may hold a completed group without its requests or trace:
+        // fill them in from the events this inspector saw.
+        source = tr("GetGroup");
+        if (!stale() && (g->requests_size() == 0 || g->trace_size() == 0)) {
+          const v1::Group local = groupFromEvents(view, daemon, group, stale, &dropped);
+          if (g->requests_size() == 0 && local.requests_size() > 0) {
+            *g->mutable_requests() = local.requests();
+            if (g->first_arrival_ns() == 0) g->set_first_arrival_ns(local.first_arrival_ns());
+            source += tr(" + requests from the event history");
+          }
+          if (g->trace_size() == 0 && local.trace_size() > 0) {
+            *g->mutable_trace() = local.trace();
+            source += tr(" + handler trace from the event history");
+          }
+        }
+      } else if (!stale()) {
+        *g = groupFromEvents(view, daemon, group, stale, &dropped);
+        source = tr("event history (GetGroup: %1)").arg(QString::fromStdString(st.error_message()));
+      }
+    } else {
+      *g = groupFromEvents(view, daemon, group, stale, &dropped);
+      source = tr("event history");
+    }
+    dropped = dropped || stale();
+    running->fetch_sub(1);
     QMetaObject::invokeMethod(
         self.data(),
-        [self, job, g, err]() {
-          if (!self || job != self->job_) return;  // a newer selection or refresh
-          if (err.isEmpty()) {
-            // The daemon's recent history may hold a completed group without its requests or
-            // trace: fill them in from the events this inspector saw.
-            QString source = tr("GetGroup");
-            if (g->requests_size() == 0 || g->trace_size() == 0) {
-              const v1::Group local = groupFromEvents(self->s_->store(), self->daemon_, self->group_);
-              if (g->requests_size() == 0 && local.requests_size() > 0) {
-                *g->mutable_requests() = local.requests();
-                if (g->first_arrival_ns() == 0) g->set_first_arrival_ns(local.first_arrival_ns());
-                source += tr(" + requests from the event history");
-              }
-              if (g->trace_size() == 0 && local.trace_size() > 0) {
-                *g->mutable_trace() = local.trace();
-                source += tr(" + handler trace from the event history");
-              }
-            }
-            self->render(*g, source);
-          } else {
-            self->render(groupFromEvents(self->s_->store(), self->daemon_, self->group_),
-                         tr("event history (GetGroup: %1)").arg(err));
+        [self, job, g, source, dropped]() {
+          if (!self) return;
+          if (dropped || job != self->job_) {  // a newer selection or refresh
+            ++self->jobs_dropped_;
+            return;
+          }
+          self->loading_ = false;
+          self->render(*g, source);
+          if (self->refresh_pending_) {
+            self->refresh_pending_ = false;
+            self->refresh();
           }
         },
         Qt::QueuedConnection);

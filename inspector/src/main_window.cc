@@ -290,6 +290,23 @@ MainWindow::MainWindow(Session* session, QWidget* parent) : QMainWindow(parent),
     if (follow_->isChecked()) log_->scrollToBottom();
   });
 
+  exporter_ = new CsvExporter(s_, this);
+  connect(exporter_, &CsvExporter::progress, this, [this](qulonglong done, qulonglong total) {
+    statusBar()->showMessage(tr("exporting CSV… %1 of %2 rows (%3 %) — File → Cancel export")
+                                 .arg(done)
+                                 .arg(total)
+                                 .arg(total ? done * 100 / total : 100));
+  });
+  connect(exporter_, &CsvExporter::finished, this, [this](bool ok, const QString& path, qulonglong rows, const QString& msg) {
+    if (cancel_export_action_) cancel_export_action_->setEnabled(false);
+    statusBar()->showMessage(ok ? tr("exported %1 rows to %2").arg(rows).arg(path)
+                                : tr("export to %1 stopped: %2").arg(path, msg),
+                             15000);
+  });
+  connect(s_, &Session::transportStopped, this, [this](int d) {
+    statusBar()->showMessage(tr("%1: reader and poller stopped").arg(QString::fromStdString(s_->daemon(d).label)), 5000);
+  });
+
   buildMenus();
 
   QSettings settings;
@@ -319,6 +336,20 @@ void MainWindow::buildMenus() {
     if (!p.isEmpty()) openCapture(p);
   });
   record_action_ = file->addAction(tr("&Record event stream…"), QKeySequence(tr("Ctrl+R")), this, &MainWindow::toggleRecording);
+  auto* disconnect_action = file->addAction(tr("&Disconnect the selected daemon…"), QKeySequence(tr("Ctrl+Shift+W")), this, [this] {
+    const int d = selectedDaemon();
+    if (d < 0) {
+      statusBar()->showMessage(tr("select a daemon (topology or connections) first"), 5000);
+      return;
+    }
+    disconnectDaemon(d);
+  });
+  file->addSeparator();
+  file->addAction(tr("Export outstanding groups as &CSV…"), this, [this] { chooseExport(CsvExporter::Kind::kOutstanding); });
+  file->addAction(tr("Export the &event log as CSV…"), QKeySequence(tr("Ctrl+E")), this,
+                  [this] { chooseExport(CsvExporter::Kind::kEvents); });
+  cancel_export_action_ = file->addAction(tr("Cancel e&xport"), this, [this] { exporter_->cancel(); });
+  cancel_export_action_->setEnabled(exporter_->busy());
   file->addSeparator();
   file->addAction(tr("&Quit"), QKeySequence::Quit, this, &QWidget::close);
 
@@ -336,6 +367,14 @@ void MainWindow::buildMenus() {
   outstanding_->addActions(actions->actions());
   topology_->setContextMenuPolicy(Qt::ActionsContextMenu);
   topology_->addActions(actions->actions());
+  // The daemon node (and every node below it) can be disconnected from the tree's context menu; so
+  // can a row of the connections table.
+  auto* sep = new QAction(topology_);
+  sep->setSeparator(true);
+  topology_->addAction(sep);
+  topology_->addAction(disconnect_action);
+  connections_->setContextMenuPolicy(Qt::ActionsContextMenu);
+  connections_->addAction(disconnect_action);
 
   auto* view = menuBar()->addMenu(tr("&View"));
   view->addAction(tr("Focus the &filter"), QKeySequence(tr("Ctrl+L")), this, [this] {
@@ -356,6 +395,27 @@ void MainWindow::buildMenus() {
   view->addSeparator();
   for (auto* d : docks_) view->addAction(d->toggleViewAction());
 
+  rebuildPresetsMenu();
+
+  auto* help = menuBar()->addMenu(tr("&Help"));
+  help->addAction(tr("&Filter syntax and shortcuts"), QKeySequence::HelpContents, this, [this] {
+    QMessageBox::information(
+        this, tr("iopf-inspector"),
+        tr("<b>Filter</b>: terms separated by spaces, all must match.<br>"
+           "<tt>device:3</tt> <tt>device:03:00.0</tt> <tt>domain:2</tt> <tt>pasid:5</tt> <tt>pasid:none</tt> "
+           "<tt>group:42</tt> <tt>prgi:7</tt> <tt>addr:0x1000</tt> <tt>perm:W</tt> <tt>type:responded,timed_out</tt> "
+           "<tt>code:invalid</tt> <tt>origin:timeout</tt> <tt>handler:2</tt> <tt>latency&gt;1ms</tt> "
+           "<tt>age&gt;10ms</tt> <tt>state:deferred</tt>; <tt>!</tt> negates a term.<br><br>"
+           "<b>Shortcuts</b>: Ctrl+N connect, Ctrl+O open capture, Ctrl+R record, Ctrl+E export the event log (CSV), "
+           "Ctrl+Shift+W disconnect the selected daemon, Ctrl+L filter, Ctrl+F follow, "
+           "Ctrl+P pause view, Ctrl+K clear log, Esc show everything, Ctrl+Shift+S / I respond SUCCESS / INVALID, "
+           "Ctrl+Shift+D detach, Ctrl+Shift+P / R pause / resume domain."));
+  });
+}
+
+// The presets menu alone: built presets, then the saved ones, then "save". Rebuilt when a preset is
+// saved (rebuilding every menu would add each menu bar entry and context action again).
+void MainWindow::rebuildPresetsMenu() {
   presets_menu_->clear();
   for (const auto& p : kPresets) {
     const QString expr = QString::fromLatin1(p[1]);
@@ -377,20 +437,6 @@ void MainWindow::buildMenus() {
   }
   presets_menu_->addSeparator();
   presets_menu_->addAction(tr("Save the current filter as a preset"), this, &MainWindow::savePresets);
-
-  auto* help = menuBar()->addMenu(tr("&Help"));
-  help->addAction(tr("&Filter syntax and shortcuts"), QKeySequence::HelpContents, this, [this] {
-    QMessageBox::information(
-        this, tr("iopf-inspector"),
-        tr("<b>Filter</b>: terms separated by spaces, all must match.<br>"
-           "<tt>device:3</tt> <tt>device:03:00.0</tt> <tt>domain:2</tt> <tt>pasid:5</tt> <tt>pasid:none</tt> "
-           "<tt>group:42</tt> <tt>prgi:7</tt> <tt>addr:0x1000</tt> <tt>perm:W</tt> <tt>type:responded,timed_out</tt> "
-           "<tt>code:invalid</tt> <tt>origin:timeout</tt> <tt>handler:2</tt> <tt>latency&gt;1ms</tt> "
-           "<tt>age&gt;10ms</tt> <tt>state:deferred</tt>; <tt>!</tt> negates a term.<br><br>"
-           "<b>Shortcuts</b>: Ctrl+N connect, Ctrl+O open capture, Ctrl+R record, Ctrl+L filter, Ctrl+F follow, "
-           "Ctrl+P pause view, Ctrl+K clear log, Esc show everything, Ctrl+Shift+S / I respond SUCCESS / INVALID, "
-           "Ctrl+Shift+D detach, Ctrl+Shift+P / R pause / resume domain."));
-  });
 }
 
 void MainWindow::savePresets() {
@@ -400,7 +446,7 @@ void MainWindow::savePresets() {
   QStringList saved = settings.value("filter/presets").toStringList();
   if (!saved.contains(expr)) saved << expr;
   settings.setValue("filter/presets", saved);
-  buildMenus();
+  rebuildPresetsMenu();
 }
 
 void MainWindow::onFilterEdited(const QString& text) {
@@ -478,6 +524,56 @@ void MainWindow::updateLogStatus() {
   pause_->setText(m->paused() ? tr("Resume view (%1 new)").arg(m->pendingCount()) : tr("&Pause view"));
 }
 
+int MainWindow::selectedDaemon() const {
+  const Scope sc = s_->topology()->scopeOf(topology_->currentIndex());
+  if (sc.daemon >= 0 && s_->connected(sc.daemon)) return sc.daemon;
+  const QModelIndex c = connections_->currentIndex();
+  if (c.isValid()) return c.siblingAtColumn(0).data(ConnectionsModel::kDaemonRole).toInt();
+  if (s_->connectedCount() == 1) {
+    for (int d = 0; d < s_->daemonCount(); ++d) {
+      if (s_->connected(d)) return d;
+    }
+  }
+  return -1;
+}
+
+bool MainWindow::disconnectDaemon(int daemon) {
+  if (!s_->connected(daemon)) return false;
+  const DaemonState& ds = s_->daemon(daemon);
+  const QString what = ds.live ? tr("Disconnect from %1").arg(QString::fromStdString(ds.target))
+                               : tr("Close the capture %1").arg(QString::fromStdString(ds.target));
+  if (!confirm(tr("%1? Its open groups and its topology leave the views; the events already received stay in the "
+                  "event log, marked \"disconnected\". The recent targets keep it.")
+                   .arg(what))) {
+    return false;
+  }
+  const bool was_recording = s_->recording();
+  s_->disconnectDaemon(daemon);
+  if (was_recording && !s_->recording()) record_action_->setText(tr("&Record event stream…"));
+  statusBar()->showMessage(tr("%1: disconnected (stopping its reader)").arg(QString::fromStdString(ds.target)), 5000);
+  return true;
+}
+
+void MainWindow::chooseExport(CsvExporter::Kind kind) {
+  const bool events = kind == CsvExporter::Kind::kEvents;
+  const QString path = QFileDialog::getSaveFileName(
+      this, events ? tr("Export the event log (shown rows) as CSV") : tr("Export the outstanding groups (as shown) as CSV"),
+      QDir::home().filePath((events ? "iopf-events-" : "iopf-outstanding-") +
+                            QDateTime::currentDateTime().toString("yyyyMMdd-HHmmss") + ".csv"),
+      tr("CSV (*.csv)"));
+  if (!path.isEmpty()) exportCsv(kind, path);
+}
+
+bool MainWindow::exportCsv(CsvExporter::Kind kind, const QString& path) {
+  QString err;
+  if (!exporter_->start(kind, path, &err)) {
+    statusBar()->showMessage(err, 8000);
+    return false;
+  }
+  if (cancel_export_action_) cancel_export_action_->setEnabled(true);
+  return true;
+}
+
 void MainWindow::rememberTarget(const QString& target) {
   QSettings settings;
   QStringList recent = settings.value("connect/recent").toStringList();
@@ -541,8 +637,13 @@ void MainWindow::toggleRecording() {
     }
     return;
   }
-  int daemon = s_->scope().daemon >= 0 ? s_->scope().daemon : 0;
-  if (s_->daemonCount() == 0) return;
+  int daemon = s_->scope().daemon >= 0 ? s_->scope().daemon : selectedDaemon();
+  if (daemon < 0) {
+    for (int d = 0; d < s_->daemonCount() && daemon < 0; ++d) {
+      if (s_->connected(d)) daemon = d;
+    }
+  }
+  if (daemon < 0) return;
   const QString path = QFileDialog::getSaveFileName(
       this, tr("Record %1 to").arg(QString::fromStdString(s_->daemon(daemon).label)),
       QDir::home().filePath("inspector-" + QDateTime::currentDateTime().toString("yyyyMMdd-HHmmss") + ".iopfcap"),
@@ -604,7 +705,13 @@ bool MainWindow::selectGroup(int daemon, uint64_t group) {
 
 void MainWindow::runAction(int daemon, const QString& name,
                            std::function<grpc::Status(v1::Router::StubInterface&, grpc::ClientContext&)> call) {
-  auto stub = s_->daemon(daemon).transport->stub();
+  const DaemonState& ds = s_->daemon(daemon);
+  if (!ds.transport) {
+    if (!confirm_) QMessageBox::information(this, name, tr("%1: this daemon was disconnected.").arg(name));
+    emit actionFinished(name, false, tr("disconnected"));
+    return;
+  }
+  auto stub = ds.transport->stub();
   if (!stub) {
     QMessageBox::information(this, name, tr("%1: this view is a capture file; actions need a live daemon.").arg(name));
     emit actionFinished(name, false, tr("offline"));

@@ -12,6 +12,7 @@
 #include <functional>
 #include <grpcpp/grpcpp.h>
 
+#include "exporter.h"
 #include "iopf/v1/router.grpc.pb.h"
 
 class QCheckBox;
@@ -45,6 +46,15 @@ class MainWindow : public QMainWindow {
   bool connectTo(const QString& target, const QString& ca_file = {}, const QString& token = {});
   bool openCapture(const QString& path);
   bool selectGroup(int daemon, uint64_t group);  // in the outstanding table; shows the detail
+  // Disconnects a daemon (or closes a capture) after confirmation; the recent targets keep it.
+  bool disconnectDaemon(int daemon);
+  // The daemon of the topology's current node, else of the connections table's, else the only one.
+  int selectedDaemon() const;
+  // Exports the outstanding table as shown / the event log's shown rows to `path` (a background job;
+  // progress in the status bar; File → Cancel export).
+  bool exportCsv(CsvExporter::Kind kind, const QString& path);
+  CsvExporter* exporter() const { return exporter_; }
+  QTableView* connectionsView() const { return connections_; }
 
   QTableView* outstandingView() const { return outstanding_; }
   QTableView* logView() const { return log_; }
@@ -61,12 +71,14 @@ class MainWindow : public QMainWindow {
 
  private:
   void buildMenus();
+  void rebuildPresetsMenu();
   void onFilterEdited(const QString& text);
   void applyFilter();
   void onTicked(qint64 ns, qulonglong events);
   void updateLogStatus();
   void showConnectDialog();
   void toggleRecording();
+  void chooseExport(CsvExporter::Kind kind);
   void runAction(int daemon, const QString& name,
                  std::function<grpc::Status(v1::Router::StubInterface&, grpc::ClientContext&)> call);
   bool confirm(const QString& question);
@@ -90,6 +102,8 @@ class MainWindow : public QMainWindow {
   QPushButton* pause_;
   QMenu* presets_menu_;
   QAction* record_action_;
+  QAction* cancel_export_action_ = nullptr;
+  CsvExporter* exporter_;
   QTimer age_timer_;
   QTimer filter_debounce_;
   std::function<bool(const QString&)> confirm_;

@@ -119,6 +119,31 @@ QColor typeColour(EventType t) {
 
 }  // namespace
 
+QString eventDetailText(const Event& e, const QString& handler_name) {
+  switch (e.type) {
+    case EventType::kGap:
+      return e.value < 0 ? QStringLiteral("GAP: resume point lost, re-synchronised from a snapshot")
+                         : QStringLiteral("GAP: %1 events lost").arg(e.value);
+    case EventType::kRequest:
+      return QStringLiteral("%1%2").arg(permText(e.perm), (e.flags & event_flag::kLast) ? " last" : "");
+    case EventType::kHandlerVerdict: {
+      static const char* verdicts[] = {"continue", "respond", "defer"};
+      return QStringLiteral("%1: %2 %3 in %4")
+          .arg(handler_name, QString::fromLatin1(verdicts[std::min<int>(e.verdict, 2)]),
+               e.verdict == 1 ? codeText(e.code) : QString(), durationText(e.value));
+    }
+    case EventType::kResponded:
+      return QStringLiteral("%1 by %2 after %3").arg(codeText(e.code), originText(e.origin), durationText(e.value));
+    case EventType::kCompletionRefused: return QStringLiteral("refused (%1)").arg(originText(e.origin));
+    case EventType::kAttach:
+    case EventType::kDetach: return QStringLiteral("epoch %1").arg(e.value);
+    case EventType::kDomainPaused: return QStringLiteral("%1 groups waiting").arg(e.value);
+    case EventType::kDomainResumed: return QStringLiteral("%1 groups released").arg(e.value);
+    case EventType::kPartialDiscarded: return QStringLiteral("%1 requests").arg(e.value);
+    default: return e.value ? QString::number(e.value) : QString();
+  }
+}
+
 // ---- OutstandingModel ----
 
 GroupRow* OutstandingModel::find(uint16_t daemon, uint64_t id) {
@@ -313,6 +338,10 @@ void EventLogModel::setPaused(bool paused) {
   }
 }
 
+void EventLogModel::daemonLabelsChanged() {
+  if (!rows_.empty()) emit dataChanged(index(0, kDaemon), index(static_cast<int>(rows_.size()) - 1, kDaemon));
+}
+
 void EventLogModel::clear() {
   beginResetModel();
   rows_.clear();
@@ -381,29 +410,10 @@ QVariant EventLogModel::data(const QModelIndex& index, int role) const {
       case kPasid: return (e.flags & event_flag::kPasidValid) ? QVariant(e.pasid) : QVariant();
       case kPrgi: return e.group || e.type == EventType::kRequest ? QVariant(e.grpid) : QVariant();
       case kAddr: return e.type == EventType::kRequest ? QStringLiteral("0x") + QString::number(e.addr, 16) : QString();
-      case kDetail:
-        switch (e.type) {
-          case EventType::kGap:
-            return e.value < 0 ? QStringLiteral("GAP: resume point lost, re-synchronised from a snapshot")
-                               : QStringLiteral("GAP: %1 events lost").arg(e.value);
-          case EventType::kRequest:
-            return QStringLiteral("%1%2").arg(permText(e.perm), (e.flags & event_flag::kLast) ? " last" : "");
-          case EventType::kHandlerVerdict: {
-            static const char* verdicts[] = {"continue", "respond", "defer"};
-            return QStringLiteral("%1: %2 %3 in %4")
-                .arg(s_->handlerName(r.daemon, e.handler), QString::fromLatin1(verdicts[std::min<int>(e.verdict, 2)]),
-                     e.verdict == 1 ? codeText(e.code) : QString(), durationText(e.value));
-          }
-          case EventType::kResponded:
-            return QStringLiteral("%1 by %2 after %3").arg(codeText(e.code), originText(e.origin), durationText(e.value));
-          case EventType::kCompletionRefused: return QStringLiteral("refused (%1)").arg(originText(e.origin));
-          case EventType::kAttach:
-          case EventType::kDetach: return QStringLiteral("epoch %1").arg(e.value);
-          case EventType::kDomainPaused: return QStringLiteral("%1 groups waiting").arg(e.value);
-          case EventType::kDomainResumed: return QStringLiteral("%1 groups released").arg(e.value);
-          case EventType::kPartialDiscarded: return QStringLiteral("%1 requests").arg(e.value);
-          default: return e.value ? QVariant(QString::number(e.value)) : QVariant();
-        }
+      case kDetail: {
+        const QString t = eventDetailText(e, e.type == EventType::kHandlerVerdict ? s_->handlerName(r.daemon, e.handler) : QString());
+        return t.isEmpty() ? QVariant() : QVariant(t);
+      }
     }
   } else if (role == Qt::BackgroundRole) {
     const QColor c = typeColour(e.type);
@@ -481,11 +491,12 @@ void TopologyModel::rebuild() {
   roots_.clear();
   for (int d = 0; d < s_->daemonCount(); ++d) {
     const DaemonState& ds = s_->daemon(d);
+    if (!ds.connected) continue;  // disconnected: its node leaves the tree
     auto root = std::make_unique<Node>();
     root->kind = kDaemonNode;
     root->daemon = d;
     root->label = QString::fromStdString(ds.label);
-    root->detail = QString::fromStdString(ds.transport->target());
+    root->detail = QString::fromStdString(ds.target);
     root->row = static_cast<int>(roots_.size());
     // domain → device → pasids (from attachments and open groups).
     std::map<uint32_t, std::map<uint32_t, std::set<int64_t>>> tree;
@@ -601,8 +612,12 @@ Scope TopologyModel::scopeOf(const QModelIndex& index) const {
 }
 
 QModelIndex TopologyModel::indexOf(const Scope& scope) const {
-  if (scope.daemon < 0 || static_cast<size_t>(scope.daemon) >= roots_.size()) return {};
-  const Node* n = roots_[static_cast<size_t>(scope.daemon)].get();
+  if (scope.daemon < 0) return {};
+  const Node* n = nullptr;  // roots are the connected daemons, in index order
+  for (const auto& r : roots_) {
+    if (r->daemon == scope.daemon) n = r.get();
+  }
+  if (!n) return {};
   auto child = [](const Node* p, auto pred) -> const Node* {
     for (const auto& c : p->children) {
       if (pred(*c)) return c.get();
@@ -628,28 +643,33 @@ QModelIndex TopologyModel::indexOf(const Scope& scope) const {
 
 // ---- ConnectionsModel ----
 
-int ConnectionsModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : rows_; }
+int ConnectionsModel::rowCount(const QModelIndex& parent) const { return parent.isValid() ? 0 : static_cast<int>(rows_.size()); }
 
 void ConnectionsModel::refresh() {
-  const int n = s_->daemonCount();
-  if (n != rows_) {
+  std::vector<int> rows;
+  for (int d = 0; d < s_->daemonCount(); ++d) {
+    if (s_->daemon(d).connected) rows.push_back(d);
+  }
+  if (rows != rows_) {
+    // Rarely: a connect or a disconnect.
     beginResetModel();
-    rows_ = n;
+    rows_ = std::move(rows);
     endResetModel();
-  } else if (n > 0) {
-    emit dataChanged(index(0, 0), index(n - 1, kColumns - 1));
+  } else if (!rows_.empty()) {
+    emit dataChanged(index(0, 0), index(static_cast<int>(rows_.size()) - 1, kColumns - 1));
   }
 }
 
 QVariant ConnectionsModel::data(const QModelIndex& index, int role) const {
-  if (!index.isValid() || index.row() >= rows_) return {};
-  const DaemonState& d = s_->daemon(index.row());
+  if (!index.isValid() || static_cast<size_t>(index.row()) >= rows_.size()) return {};
+  if (role == kDaemonRole) return rows_[static_cast<size_t>(index.row())];
+  const DaemonState& d = s_->daemon(rows_[static_cast<size_t>(index.row())]);
   const ConnStatus& st = d.status;
   if (role == Qt::DisplayRole) {
     switch (index.column()) {
-      case kTarget: return QString::fromStdString(d.transport->target());
+      case kTarget: return QString::fromStdString(d.target);
       case kState: return QString::fromLatin1(connStateName(st.state));
-      case kHealth: return d.transport->live() ? QString::fromLatin1(healthName(st.health)) : QStringLiteral("offline");
+      case kHealth: return d.live ? QString::fromLatin1(healthName(st.health)) : QStringLiteral("offline");
       case kSeq: return QVariant::fromValue<qulonglong>(st.last_seq);
       case kEvents: return QVariant::fromValue<qulonglong>(st.events);
       case kGaps: return QVariant::fromValue<qulonglong>(st.gaps);

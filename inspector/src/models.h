@@ -79,6 +79,8 @@ QString durationText(int64_t ns);
 QString eventTypeText(int type);
 QString codeText(int code);
 QString originText(int origin);
+// The event log's Detail cell (also the CSV export's); handler_name matters for verdicts only.
+QString eventDetailText(const Event& e, const QString& handler_name);
 
 // ---- Outstanding groups ----
 
@@ -166,6 +168,7 @@ class EventLogModel : public QAbstractTableModel {
   bool paused() const { return paused_; }
   size_t pendingCount() const { return pending_.size(); }
   void clear();  // the view only; the store keeps history for re-filtering
+  void daemonLabelsChanged();  // a daemon was disconnected: its label in the daemon column changed
   uint64_t matchedTotal() const { return matched_total_; }
 
   // Session side.
@@ -178,6 +181,7 @@ class EventLogModel : public QAbstractTableModel {
   void resetRows(std::vector<uint64_t> rows, uint64_t matched_total);  // a finished re-filter job
   const LogRow& rowAt(int r) const;
   uint64_t absAt(int r) const { return rows_[static_cast<size_t>(r)]; }
+  std::vector<uint64_t> shownRows() const { return {rows_.begin(), rows_.end()}; }  // for exports
 
  private:
   const Session* s_;
@@ -237,10 +241,12 @@ class ConnectionsModel : public QAbstractTableModel {
   int columnCount(const QModelIndex& parent = {}) const override { return parent.isValid() ? 0 : kColumns; }
   QVariant data(const QModelIndex& index, int role) const override;
   QVariant headerData(int section, Qt::Orientation o, int role) const override;
+  static constexpr int kDaemonRole = Qt::UserRole + 1;  // the row's daemon index
   void refresh();
+  int daemonAt(int row) const { return rows_[static_cast<size_t>(row)]; }
  private:
   const Session* s_;
-  int rows_ = 0;
+  std::vector<int> rows_;  // connected daemons, in index order
 };
 
 class PluginsModel : public QAbstractTableModel {

@@ -57,6 +57,7 @@ Session::~Session() {
   current_job_->store(UINT64_MAX);  // running re-filter jobs stop and drop their results
   (void)stopRecording();
   stopAll();
+  for (auto& f : stoppers_) f.waitForFinished();
 }
 
 int Session::addTransport(std::unique_ptr<Transport> t) {
@@ -66,6 +67,8 @@ int Session::addTransport(std::unique_ptr<Transport> t) {
   if (target.rfind("unix:", 0) == 0) target = target.substr(5);
   const auto slash = target.find_last_of('/');
   d->label = std::to_string(index) + ":" + (slash == std::string::npos ? target : target.substr(slash + 1));
+  d->target = t->target();
+  d->live = t->live();
   d->transport = std::move(t);
   if (!filter_.empty()) d->transport->setFilter(flt::toEventFilter(filter_, stateTypes()));
   d->transport->start();
@@ -76,14 +79,71 @@ int Session::addTransport(std::unique_ptr<Transport> t) {
 }
 
 void Session::stopAll() {
-  for (auto& d : daemons_) d->transport->stop();
+  for (auto& d : daemons_) {
+    if (d->transport) d->transport->stop();
+  }
+}
+
+int Session::connectedCount() const {
+  int n = 0;
+  for (const auto& d : daemons_) n += d->connected ? 1 : 0;
+  return n;
+}
+
+bool Session::disconnectDaemon(int daemon) {
+  if (!connected(daemon)) return false;
+  DaemonState& ds = *daemons_[static_cast<size_t>(daemon)];
+  ds.connected = false;
+  ds.status.state = ConnState::kStopped;
+  ds.status.message = "disconnected";
+  if (recording_daemon_ == daemon) (void)stopRecording();
+  // The reader and poller may sit in a gRPC call for up to their deadline: stop and join them on a
+  // worker; the transport is destroyed there too. Nothing of the session is touched off the GUI thread.
+  std::shared_ptr<Transport> t(std::move(ds.transport));
+  stopping_->fetch_add(1);
+  QPointer<Session> self(this);
+  auto stopping = stopping_;
+  stoppers_.erase(std::remove_if(stoppers_.begin(), stoppers_.end(), [](const QFuture<void>& f) { return f.isFinished(); }),
+                  stoppers_.end());
+  stoppers_.push_back(QtConcurrent::run([t = std::move(t), self, stopping, daemon]() mutable {
+    t->stop();
+    t.reset();
+    stopping->fetch_sub(1);
+    QMetaObject::invokeMethod(
+        self.data(), [self, daemon] {
+          if (self) emit self->transportStopped(daemon);
+        },
+        Qt::QueuedConnection);
+  }));
+  // Its rows leave the models now: one removal pass over the outstanding table.
+  const uint16_t dd = static_cast<uint16_t>(daemon);
+  outstanding_->removeDaemon(dd);
+  outstanding_->commit();
+  for (auto it = partials_.begin(); it != partials_.end();) {
+    it = (it->first >> 56) == static_cast<uint64_t>(daemon) ? partials_.erase(it) : std::next(it);
+  }
+  for (auto it = known_triples_.begin(); it != known_triples_.end();) {
+    it = (*it >> 56) == static_cast<uint64_t>(daemon) ? known_triples_.erase(it) : std::next(it);
+  }
+  ds.label += " (disconnected)";
+  log_->daemonLabelsChanged();
+  if (scope_.daemon == daemon) setScope({});
+  structure_dirty_ = false;
+  topology_->rebuild();
+  connections_->refresh();
+  panel_sources_.erase(daemon);
+  refreshPanels(true);
+  emit structureChanged();
+  emit statusChanged();
+  emit daemonDisconnected(daemon);
+  return true;
 }
 
 void Session::startTicking(int interval_ms) { timer_.start(interval_ms); }
 
 int64_t Session::daemonNow(int daemon) const {
   const DaemonState& d = *daemons_[static_cast<size_t>(daemon)];
-  if (!d.transport->live() || d.status.state != ConnState::kStreaming) return d.latest_ns;
+  if (!d.live || !d.connected || d.status.state != ConnState::kStreaming) return d.latest_ns;
   return d.latest_ns + (steadyMs() - d.latest_local_ms) * 1'000'000;
 }
 
@@ -196,7 +256,7 @@ flt::ParseResult Session::setFilter(const QString& text) {
   const v1::EventFilter pushed = flt::toEventFilter(filter_, stateTypes(), &complete);
   filter_pushed_complete_ = complete;
   for (auto& d : daemons_) {
-    if (d->transport->live()) d->transport->setFilter(pushed);
+    if (d->transport && d->live) d->transport->setFilter(pushed);
   }
   proxy_->invalidate();
   startRefilter();
@@ -480,6 +540,7 @@ void Session::tick() {
   std::vector<Event> rec;
   for (size_t di = 0; di < daemons_.size(); ++di) {
     DaemonState& ds = *daemons_[di];
+    if (!ds.transport) continue;  // disconnected
     chunks_.clear();
     ConnStatus st;
     n += ds.transport->take(chunks_, st);
@@ -534,9 +595,10 @@ void Session::tick() {
   emit ticked(last_tick_ns_, n);
 }
 
-void Session::refreshPanels() {
-  bool changed = false;
+void Session::refreshPanels(bool force) {
+  bool changed = force;
   for (size_t i = 0; i < daemons_.size(); ++i) {
+    if (!daemons_[i]->connected) continue;
     const auto& st = daemons_[i]->status;
     auto src = std::make_pair<const void*, const void*>(st.stats.get(), st.plugins.get());
     if (panel_sources_[static_cast<int>(i)] != src) {
@@ -548,6 +610,7 @@ void Session::refreshPanels() {
   std::vector<PluginsModel::Row> prow;
   std::vector<HandlersModel::Row> hrow;
   for (size_t i = 0; i < daemons_.size(); ++i) {
+    if (!daemons_[i]->connected) continue;
     const auto& st = daemons_[i]->status;
     if (st.plugins) {
       for (const auto& p : st.plugins->plugins()) prow.push_back({static_cast<int>(i), p});
@@ -562,11 +625,11 @@ void Session::refreshPanels() {
 
 absl::Status Session::startRecording(int daemon, const std::string& path) {
   if (recorder_) return absl::FailedPreconditionError("already recording to " + recorder_->path());
-  if (daemon < 0 || daemon >= daemonCount()) return absl::InvalidArgumentError("no daemon to record");
+  if (!connected(daemon)) return absl::InvalidArgumentError("no connected daemon to record");
   const DaemonState& ds = *daemons_[static_cast<size_t>(daemon)];
   v1::CaptureHeader h;
   h.set_format_version(capture::kFormatVersion);
-  h.set_producer("iopf-inspector 0.1.0 (" + ds.transport->target() + ")");
+  h.set_producer("iopf-inspector 0.1.0 (" + ds.target + ")");
   h.set_start_time_ns(ds.latest_ns);
   h.set_wall_time_unix_ns(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <QElapsedTimer>
+#include <QFuture>
 #include <QObject>
 #include <QTimer>
 #include <atomic>
@@ -20,7 +21,10 @@
 namespace iopf::inspector {
 
 struct DaemonState {
-  std::unique_ptr<Transport> transport;
+  std::unique_ptr<Transport> transport;  // null once disconnected (the slot stays: indices are stable)
+  std::string target;           // transport->target(), kept after a disconnect
+  bool live = true;             // transport->live(), kept after a disconnect
+  bool connected = true;        // false after Session::disconnectDaemon()
   ConnStatus status;
   std::map<uint32_t, v1::Device> devices;
   std::map<uint32_t, v1::Domain> domains;
@@ -49,6 +53,18 @@ class Session : public QObject {
   // Takes ownership and starts it; returns the daemon index.
   int addTransport(std::unique_ptr<Transport> t);
   void stopAll();
+  // Disconnects a daemon (or closes a capture): its transport is stopped and joined on a worker
+  // thread (the GUI thread does not wait for the reader and poller), its open groups leave the
+  // outstanding table, its node leaves the topology, its row leaves the connections, plugins and
+  // handlers panels. Its events stay in the history and the log (their daemon column says
+  // "disconnected"). The index is never reused. Returns false if there is no such connected daemon.
+  bool disconnectDaemon(int daemon);
+  bool connected(int daemon) const {
+    return daemon >= 0 && daemon < daemonCount() && daemons_[static_cast<size_t>(daemon)]->connected;
+  }
+  int connectedCount() const;
+  // Transports being stopped by a worker right now (0 once every disconnect has joined its threads).
+  int stoppingTransports() const { return stopping_->load(); }
   int daemonCount() const { return static_cast<int>(daemons_.size()); }
   const DaemonState& daemon(int i) const { return *daemons_[static_cast<size_t>(i)]; }
   DaemonState& daemon(int i) { return *daemons_[static_cast<size_t>(i)]; }
@@ -108,13 +124,15 @@ class Session : public QObject {
   void statusChanged();
   void watchedGroupTouched();
   void refilterFinished();
+  void daemonDisconnected(int daemon);
+  void transportStopped(int daemon);  // the worker joined the transport's threads
 
  private:
   void applySnapshot(int d, const v1::Snapshot& s);
   void applyEvent(int d, const Event& e);
   void startRefilter();
   void finishRefilter(uint64_t job, std::vector<uint64_t> rows, uint64_t scanned_end, uint64_t matched);
-  void refreshPanels();
+  void refreshPanels(bool force = false);
 
   std::vector<std::unique_ptr<DaemonState>> daemons_;
   EventStore store_;
@@ -152,6 +170,8 @@ class Session : public QObject {
   uint64_t total_events_ = 0;
   std::vector<Chunk> chunks_;  // reused between ticks
   std::map<int, std::pair<const void*, const void*>> panel_sources_;  // daemon → (stats, plugins) shown
+  std::shared_ptr<std::atomic<int>> stopping_ = std::make_shared<std::atomic<int>>(0);
+  std::vector<QFuture<void>> stoppers_;  // disconnects in flight; the destructor waits for them
 };
 
 }  // namespace iopf::inspector

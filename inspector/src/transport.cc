@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "iopf/api/health_client.h"
+#include "iopf/api/packed_events.h"
 #include "iopf/capture_file.h"
 
 namespace iopf::inspector {
@@ -57,6 +58,35 @@ const char* healthName(Health h) {
     case Health::kUnreachable: return "unreachable";
   }
   return "?";
+}
+
+Event fromPacked(api::packed::EventView p) {
+  namespace pk = api::packed;
+  Event e;
+  e.seq = p.seq();
+  e.time_ns = p.timeNs();
+  e.type = static_cast<EventType>(p.type());
+  e.group = p.group();
+  e.device = p.device();
+  e.domain = p.domain();
+  if (p.flags() & pk::kFlagPasidValid) {
+    e.pasid = p.pasid();
+    e.flags |= event_flag::kPasidValid;
+  }
+  e.grpid = p.grpid();
+  e.addr = p.addr();
+  e.perm = p.perm();
+  if (p.flags() & pk::kFlagLast) e.flags |= event_flag::kLast;
+  if (p.flags() & pk::kFlagCookieValid) {
+    e.cookie = p.cookie();
+    e.flags |= event_flag::kCookieValid;
+  }
+  e.code = p.code();
+  e.origin = p.origin();
+  e.verdict = p.verdict();
+  e.handler = p.handler();
+  e.value = p.value();
+  return e;
 }
 
 Event fromProto(const v1::Event& p) {
@@ -114,12 +144,8 @@ size_t Transport::take(std::vector<Chunk>& out, ConnStatus& status) {
   size_t n = queued_;
   if (dropped_ > 0) {
     // The GUI fell behind by more than kMaxQueued events: tell it with a gap row.
-    Event gap;
-    gap.type = EventType::kGap;
-    gap.seq = dropped_first_seq_;
-    gap.value = static_cast<int64_t>(dropped_);
     if (inbox_.empty()) inbox_.emplace_back();
-    inbox_.back().events.push_back(gap);
+    inbox_.back().events.push_back(gapEvent(dropped_first_seq_, static_cast<int64_t>(dropped_)));
     status_.gaps++;
     dropped_ = 0;
   }
@@ -248,10 +274,7 @@ void GrpcTransport::readerLoop() {
     }
     if (have_seq && !checkSameDaemon()) {
       // The daemon restarted: its sequence numbers start over, a resume would mix two streams.
-      Event gap;
-      gap.type = EventType::kGap;
-      gap.seq = last_seq + 1;
-      gap.value = -1;
+      const Event gap = gapEvent(last_seq + 1, -1);
       pushEvents(&gap, 1);
       have_seq = false;
       updateStatus([&](ConnStatus& s) { s.message = "daemon restarted: new snapshot"; });
@@ -259,6 +282,7 @@ void GrpcTransport::readerLoop() {
     req.set_since_seq(have_seq ? last_seq + 1 : 0);
     req.set_allow_gap(true);
     req.set_max_batch(options_.max_batch);
+    req.set_encoding(v1::EVENT_ENCODING_PACKED);
     req.set_progress_interval_ms(500);
     prepare(ctx);
     const bool resuming = have_seq;
@@ -289,10 +313,18 @@ void GrpcTransport::readerLoop() {
         have_seq = true;
         pushSnapshot(std::move(snap));
       }
-      if (batch.events_size() > 0) {
-        converted.clear();
-        converted.reserve(static_cast<size_t>(batch.events_size()));
-        for (const auto& e : batch.events()) converted.push_back(fromProto(e));
+      // Packed (what this reader asks for) or messages (a daemon that predates the packed encoding
+      // ignores the field and sends messages).
+      converted.clear();
+      const std::string& packed = batch.packed_events();
+      const size_t records = packed.size() / api::packed::kRecordSize;
+      converted.reserve(records + static_cast<size_t>(batch.events_size()));
+      for (size_t i = 0; i < records; ++i) {
+        converted.push_back(fromPacked(api::packed::EventView(
+            reinterpret_cast<const uint8_t*>(packed.data()) + i * api::packed::kRecordSize)));
+      }
+      for (const auto& e : batch.events()) converted.push_back(fromProto(e));
+      if (!converted.empty()) {
         last_seq = converted.back().seq;
         have_seq = true;
         pushEvents(converted.data(), converted.size());
@@ -313,10 +345,7 @@ void GrpcTransport::readerLoop() {
     if (st.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
       // The resume point is gone (or in the future: the daemon restarted). Mark the break with a gap
       // row (value -1: unknown loss) and start over from a snapshot.
-      Event gap;
-      gap.type = EventType::kGap;
-      gap.seq = last_seq + 1;
-      gap.value = -1;
+      const Event gap = gapEvent(last_seq + 1, -1);
       pushEvents(&gap, 1);
       have_seq = false;
       updateStatus([&](ConnStatus& s) { s.message = "resume point lost (" + st.error_message() + "): new snapshot"; });

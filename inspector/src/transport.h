@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "iopf/api/packed_events.h"
 #include "iopf/event_bus.h"
 #include "iopf/v1/router.grpc.pb.h"
 
@@ -50,6 +51,8 @@ struct ConnStatus {
 
 // Converts an API event to the compact record the models keep (72 bytes).
 Event fromProto(const v1::Event& e);
+// One record of WatchBatch.packed_events (EVENT_ENCODING_PACKED, the encoding the reader asks for).
+Event fromPacked(api::packed::EventView e);
 void toProto(const Event& e, v1::Event& out);
 
 class Transport {
