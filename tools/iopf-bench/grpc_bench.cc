@@ -156,6 +156,8 @@ int runGrpc(const Args& args) {
   o.window_per_device = static_cast<uint32_t>(args.number("window", 256));
   o.shards = static_cast<unsigned>(args.number("shards", 1));
   const auto max_batch = static_cast<uint32_t>(args.number("max-batch", 1024));
+  // The packed configurations read like the inspector's reader: packed records, 4,096 per message.
+  const auto packed_max_batch = static_cast<uint32_t>(args.number("packed-max-batch", 4096));
   // Rounds: every configuration once per round, medians over the rounds. On a small shared machine
   // the routing rate drifts by tens of percent between seconds; interleaving keeps each
   // configuration next to its baseline and the median drops the odd disturbed window.
@@ -181,7 +183,8 @@ int runGrpc(const Args& args) {
         runs[c].push_back(WatchResult{});
         continue;
       }
-      runs[c].push_back(runWithWatchers(o, cfg.watchers, max_batch, cfg.cores < 0 ? cores : cfg.cores, cfg.encoding));
+      const uint32_t batch = cfg.encoding == v1::EVENT_ENCODING_PACKED ? packed_max_batch : max_batch;
+      runs[c].push_back(runWithWatchers(o, cfg.watchers, batch, cfg.cores < 0 ? cores : cfg.cores, cfg.encoding));
     }
   }
   auto med = [&](size_t c, auto field) {
@@ -202,6 +205,7 @@ int runGrpc(const Args& args) {
   j.field("seconds", o.seconds);
   j.field("rounds", static_cast<uint64_t>(rounds));
   j.field("max_batch", static_cast<uint64_t>(max_batch));
+  j.field("packed_max_batch", static_cast<uint64_t>(packed_max_batch));
   j.field("watch_cpu_cores", cores);
   auto shown = [&](size_t c) { return only.empty() || c == 0 || only == kConfigs[c].name; };
   j.key("routing_groups_per_s").begin();

@@ -44,7 +44,8 @@ const Mode kModes[] = {
      "events/s through iopf.v1.Router/Watch to 1 and 4 watchers during the core load, and routing\n"
      "      throughput with 0, 1 and 4 watchers (paced to --watch-cpu-cores, default 0.15), one unpaced,\n"
      "      and 1 and 4 with the packed encoding; each configuration once per round, medians over rounds\n"
-     "      [--seconds S] [--rounds N] [--max-batch N] [--watch-cpu-cores C] [--only CONFIG] [--json]"},
+     "      [--seconds S] [--rounds N] [--max-batch N] [--packed-max-batch N] [--watch-cpu-cores C]\n"
+     "      [--only CONFIG] [--json]"},
 #endif
 };
 
