@@ -64,6 +64,37 @@ QString csvField(const QString& s) {
   return QLatin1Char('"') + q + QLatin1Char('"');
 }
 
+// Writes `header` and one row per item of `items` (`row` returns false to skip one) to `part`,
+// flushing and reporting progress every `step` rows and checking for a cancel every 1,024; ends
+// with exactly one call of `finish`.
+template <typename Items, typename Row, typename Report, typename Finish>
+void writeCsv(const QString& part, const QStringList& header, const Items& items, uint64_t step,
+              const std::shared_ptr<std::atomic<uint64_t>>& cancel, uint64_t job, const Report& report,
+              const Finish& finish, const Row& row) {
+  QFile f(part);
+  if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate)) return finish(false, 0, f.errorString());
+  QByteArray out;
+  appendRow(out, header);
+  uint64_t n = 0;
+  QStringList cells;
+  for (const auto& item : items) {
+    if ((n & 0x3ff) == 0 && cancel->load(std::memory_order_relaxed) != job) {
+      return finish(false, n, CsvExporter::tr("cancelled"));
+    }
+    cells.clear();
+    if (!row(item, cells)) continue;
+    appendRow(out, cells);
+    if (++n % step == 0) {
+      if (f.write(out) != out.size()) return finish(false, n, f.errorString());
+      out.clear();
+      report(n, items.size());
+    }
+  }
+  if (f.write(out) != out.size()) return finish(false, n, f.errorString());
+  f.close();
+  finish(f.error() == QFileDevice::NoError, n, f.errorString());
+}
+
 CsvExporter::CsvExporter(Session* session, QObject* parent) : QObject(parent), s_(session) {}
 
 CsvExporter::~CsvExporter() {
@@ -119,34 +150,24 @@ bool CsvExporter::start(Kind kind, const QString& path, QString* error) {
     }
     total_ = rows.size();
     (void)QtConcurrent::run([rows = std::move(rows), names = std::move(names), part, cancel, job, report, finish]() {
-      QFile f(part);
-      if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate)) return finish(false, 0, f.errorString());
-      QByteArray out;
-      appendRow(out, {"daemon", "group", "device", "rid", "pasid", "prgi", "first_addr", "perm", "requests", "domain",
-                      "domain_name", "state", "handler", "first_arrival_ns", "age_ns", "deadline_ns"});
-      uint64_t n = 0;
-      for (const GroupRow& g : rows) {
-        if (cancel->load(std::memory_order_relaxed) != job) return finish(false, n, tr("cancelled"));
-        const DaemonNames& d = names[g.daemon];
-        auto rid = d.rids.find(g.device);
-        auto dom = d.domains.find(g.domain);
-        appendRow(out, {d.label, QString::number(g.id), QString::number(g.device),
-                        rid == d.rids.end() ? QString() : ridText(rid->second),
-                        g.has_pasid ? QString::number(g.pasid) : QString(), QString::number(g.grpid), hex(g.first_addr),
-                        permText(g.perm), QString::number(g.nreq), QString::number(g.domain),
-                        dom == d.domains.end() ? QString() : dom->second,
-                        QString::fromLatin1(api::filter::stateName(g.state).data()),
-                        g.has_handler ? d.handler(g.handler) : QString(), QString::number(g.first_arrival_ns),
-                        QString::number(d.now - g.first_arrival_ns), g.deadline_ns ? QString::number(g.deadline_ns) : QString()});
-        if (++n % kStep == 0) {
-          if (f.write(out) != out.size()) return finish(false, n, f.errorString());
-          out.clear();
-          report(n, rows.size());
-        }
-      }
-      if (f.write(out) != out.size()) return finish(false, n, f.errorString());
-      f.close();
-      finish(f.error() == QFileDevice::NoError, n, f.errorString());
+      writeCsv(part,
+               {"daemon", "group", "device", "rid", "pasid", "prgi", "first_addr", "perm", "requests", "domain",
+                "domain_name", "state", "handler", "first_arrival_ns", "age_ns", "deadline_ns"},
+               rows, kStep, cancel, job, report, finish, [&](const GroupRow& g, QStringList& cells) {
+                 const DaemonNames& d = names[g.daemon];
+                 auto rid = d.rids.find(g.device);
+                 auto dom = d.domains.find(g.domain);
+                 cells = {d.label, QString::number(g.id), QString::number(g.device),
+                          rid == d.rids.end() ? QString() : ridText(rid->second),
+                          g.has_pasid ? QString::number(g.pasid) : QString(), QString::number(g.grpid),
+                          hex(g.first_addr), permText(g.perm), QString::number(g.nreq), QString::number(g.domain),
+                          dom == d.domains.end() ? QString() : dom->second,
+                          QString::fromLatin1(api::filter::stateName(g.state).data()),
+                          g.has_handler ? d.handler(g.handler) : QString(), QString::number(g.first_arrival_ns),
+                          QString::number(d.now - g.first_arrival_ns),
+                          g.deadline_ns ? QString::number(g.deadline_ns) : QString()};
+                 return true;
+               });
     });
   } else {
     // The event log as shown: its rows (filter, scope, Clear) in order, read from an immutable view.
@@ -155,34 +176,23 @@ bool CsvExporter::start(Kind kind, const QString& path, QString* error) {
     total_ = rows.size();
     (void)QtConcurrent::run([rows = std::move(rows), view = std::move(view), names = std::move(names), part, cancel, job,
                              report, finish]() {
-      QFile f(part);
-      if (!f.open(QIODevice::WriteOnly | QIODevice::Truncate)) return finish(false, 0, f.errorString());
-      QByteArray out;
-      appendRow(out, {"seq", "time_ns", "daemon", "type", "group", "device", "domain", "pasid", "prgi", "addr", "detail"});
-      uint64_t n = 0;
-      for (uint64_t abs : rows) {
-        if ((n & 0x3ff) == 0 && cancel->load(std::memory_order_relaxed) != job) return finish(false, n, tr("cancelled"));
-        if (abs < view.base || abs >= view.end) continue;  // dropped by the cap meanwhile (not in the view)
-        const LogRow& r = view.at(abs);
-        const Event& e = r.e;
-        const DaemonNames& d = names[r.daemon];
-        const bool gap = e.type == EventType::kGap;
-        appendRow(out, {QString::number(e.seq), QString::number(e.time_ns), d.label, eventTypeText(static_cast<int>(e.type)),
-                        e.group ? QString::number(e.group) : QString(), gap ? QString() : QString::number(e.device),
-                        gap || e.type == EventType::kRequest ? QString() : QString::number(e.domain),
-                        (e.flags & event_flag::kPasidValid) ? QString::number(e.pasid) : QString(),
-                        e.group || e.type == EventType::kRequest ? QString::number(e.grpid) : QString(),
-                        e.type == EventType::kRequest ? hex(e.addr) : QString(),
-                        eventDetailText(e, e.type == EventType::kHandlerVerdict ? d.handler(e.handler) : QString())});
-        if (++n % kStep == 0) {
-          if (f.write(out) != out.size()) return finish(false, n, f.errorString());
-          out.clear();
-          report(n, rows.size());
-        }
-      }
-      if (f.write(out) != out.size()) return finish(false, n, f.errorString());
-      f.close();
-      finish(f.error() == QFileDevice::NoError, n, f.errorString());
+      writeCsv(part, {"seq", "time_ns", "daemon", "type", "group", "device", "domain", "pasid", "prgi", "addr", "detail"},
+               rows, kStep, cancel, job, report, finish, [&](uint64_t abs, QStringList& cells) {
+                 if (abs < view.base || abs >= view.end) return false;  // dropped by the cap meanwhile
+                 const LogRow& r = view.at(abs);
+                 const Event& e = r.e;
+                 const DaemonNames& d = names[r.daemon];
+                 const bool gap = e.type == EventType::kGap;
+                 cells = {QString::number(e.seq), QString::number(e.time_ns), d.label,
+                          eventTypeText(static_cast<int>(e.type)), e.group ? QString::number(e.group) : QString(),
+                          gap ? QString() : QString::number(e.device),
+                          gap || e.type == EventType::kRequest ? QString() : QString::number(e.domain),
+                          (e.flags & event_flag::kPasidValid) ? QString::number(e.pasid) : QString(),
+                          e.group || e.type == EventType::kRequest ? QString::number(e.grpid) : QString(),
+                          e.type == EventType::kRequest ? hex(e.addr) : QString(),
+                          eventDetailText(e, e.type == EventType::kHandlerVerdict ? d.handler(e.handler) : QString())};
+                 return true;
+               });
     });
   }
   emit progress(0, total_);
